@@ -1,0 +1,120 @@
+//! The Telemetry Gateway binary's library half: configuration, logging, and the composition of
+//! auth, sinks and server into a running gateway. It holds no protocol or delivery logic.
+
+pub mod config;
+pub mod config_docs;
+pub mod logging;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use telemetry_gateway_auth::LicenseVerifier;
+use telemetry_gateway_server::{EventGateway, EventPolicy, NotConfigured, ServerOptions};
+use telemetry_gateway_sink::{DiscardSink, EventSink, FileSink, FileSinkConfig, LogSink};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, EventsConfig, LicenseConfig, SinkKind};
+
+/// Builds the license verifier the configuration asks for.
+pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifier> {
+    config.validate()?;
+    if let Some(line) = &config.license_public_key {
+        return LicenseVerifier::from_openssh_public_key(line)
+            .context("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY");
+    }
+    if let Some(pem) = &config.license_generation_key {
+        return LicenseVerifier::from_pem_private_key(pem)
+            .context("SOURCEGRAPH_LICENSE_GENERATION_KEY");
+    }
+    Ok(LicenseVerifier::production())
+}
+
+/// Builds the sink the configuration asks for.
+pub fn event_sink(config: &EventsConfig) -> anyhow::Result<Arc<dyn EventSink>> {
+    let sinks = config.selected_sinks()?;
+    let kind = sinks.first().copied().unwrap_or(SinkKind::File);
+    Ok(match kind {
+        SinkKind::File => Arc::new(
+            FileSink::open(FileSinkConfig {
+                dir: config.file_dir.clone(),
+                max_file_bytes: config.file_max_bytes,
+            })
+            .context("TELEMETRY_GATEWAY_EVENTS_FILE_DIR")?,
+        ),
+        SinkKind::Log => Arc::new(LogSink::new()),
+        SinkKind::Discard => {
+            tracing::warn!(
+                "the discard sink acknowledges events and drops them: use it only for benchmarks"
+            );
+            Arc::new(DiscardSink::new())
+        }
+    })
+}
+
+/// Runs the gateway until `shutdown` completes, then drains and closes the sink.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let licenses = license_verifier(&config.license)?;
+    let sink = event_sink(&config.events)?;
+    let policy = EventPolicy {
+        fingerprint_license_keys: config.events.fingerprint_license_keys,
+        reject_expired_licenses: config.license.reject_expired_licenses,
+        enforce_export_tags: config.license.enforce_export_tags,
+    };
+    let gateway = Arc::new(EventGateway::new(
+        sink.clone(),
+        licenses,
+        Arc::new(NotConfigured),
+        policy,
+    ));
+    if config.server.diagnostics_secret.is_none() {
+        tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
+    }
+    let listener = TcpListener::bind(config.server.listen_addr())
+        .await
+        .with_context(|| format!("listening on {} (PORT)", config.server.listen_addr()))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        %address,
+        version = env!("CARGO_PKG_VERSION"),
+        environment = %config.server.environment_id,
+        "telemetry gateway listening"
+    );
+    tracing::info!(sink = sink.name(), destination = %sink.describe(), "events go to {}", sink.describe());
+
+    let options = ServerOptions {
+        max_receive_message_bytes: config.server.max_receive_message_bytes,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        diagnostics_secret: config.server.diagnostics_secret.clone(),
+    };
+    let served = telemetry_gateway_server::serve(listener, gateway, options, shutdown).await;
+    tracing::info!("server stopped; flushing the sink");
+    let flushed = sink.shutdown().await;
+    served?;
+    flushed?;
+    tracing::info!("telemetry gateway stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("received SIGINT, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

@@ -1,0 +1,128 @@
+//! The Telemetry Gateway server: the gRPC service and the HTTP diagnostics, on one port.
+//!
+//! This crate owns the per-request pipeline (identify the sender, prepare events, hand them to
+//! the sink, summarize outcomes into the response) and the mapping of errors to gRPC statuses.
+//! It knows sinks only through the `EventSink` trait and credentials only through the license
+//! verifier and the [`ManagedServiceAuthorizer`] seam; configuration parsing, logging set-up and
+//! process signals belong to the binary.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry_gateway_proto::FILE_DESCRIPTOR_SET;
+use telemetry_gateway_proto::v1::telemetery_gateway_service_server::TelemeteryGatewayServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
+
+pub mod diagnostics;
+pub mod error;
+pub mod managed;
+pub mod pipeline;
+pub mod service;
+pub mod source;
+
+pub use diagnostics::Diagnostics;
+pub use error::ServerError;
+pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured};
+pub use pipeline::EventPolicy;
+pub use service::{EventGateway, GrpcService};
+pub use source::{Source, SourceKind};
+
+/// The default limit on one received gRPC message: 90 MiB, as the original.
+pub const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES: usize = 90 * 1024 * 1024;
+
+/// Transport settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The largest gRPC message accepted; larger ones get `ResourceExhausted`.
+    pub max_receive_message_bytes: usize,
+    /// The version served at `/-/version`.
+    pub version: String,
+    /// The bearer secret for `/-/healthz`, if any.
+    pub diagnostics_secret: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_receive_message_bytes: DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            diagnostics_secret: None,
+        }
+    }
+}
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The listener's address could not be read.
+    #[error("reading the listen address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves gRPC (h2c) and HTTP diagnostics on `listener` until `shutdown` completes, then stops
+/// accepting connections and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<EventGateway>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let routes = routes(gateway, &options).await?;
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr`; a convenience for callers that do not need the listener first.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<Routes, ServeError> {
+    let diagnostics = diagnostics::router(Diagnostics {
+        version: options.version.clone(),
+        secret: options.diagnostics_secret.clone(),
+        sink: gateway.sink().clone(),
+    });
+    let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
+        .max_decoding_message_size(options.max_receive_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TelemeteryGatewayServiceServer<GrpcService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    Ok(Routes::from(diagnostics)
+        .add_service(events)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}

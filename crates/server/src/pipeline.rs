@@ -1,0 +1,412 @@
+//! The per-payload pipeline, as plain functions over plain types:
+//! events → [`prepare_payload`] (migrate, validate, render, attributes) → sink →
+//! [`summarize`] (outcomes + source policy → acknowledged IDs, failures, drops).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bytes::Bytes;
+use telemetry_gateway_proto::v1::{Event, EventSource};
+use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, validate_event};
+use telemetry_gateway_sink::{Attributes, PreparedEvent, PublishOutcome};
+
+use crate::source::Source;
+
+/// Payloads of this size or more are never published: Pub/Sub's request limit (1e7 bytes).
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 10_000_000;
+
+/// How much of an oversized event's JSON is logged.
+const OVERSIZED_SNIPPET_BYTES: usize = 512;
+
+/// Prefix of numeric metadata keys that announce which private metadata an event carries.
+const RECORDS_PRIVATE_METADATA_PREFIX: &str = "recordsPrivateMetadata";
+
+/// Opt-in rules applied to events on top of the protocol's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventPolicy {
+    /// Replace the raw license key in published metadata by its fingerprint.
+    pub fingerprint_license_keys: bool,
+    /// Refuse streams whose license has expired.
+    pub reject_expired_licenses: bool,
+    /// For licenses tagged `disable-telemetry-events-export`, forward only `cody`/`cody.*` events.
+    pub enforce_export_tags: bool,
+}
+
+/// Why an event was acknowledged without being published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// It failed validation or could not be rendered (instances only; managed services are told).
+    Invalid,
+    /// Its payload reached [`MAX_EVENT_PAYLOAD_BYTES`].
+    Oversized,
+    /// The sender's license does not allow exporting it.
+    Policy,
+    /// A sink rejected it permanently (instances only).
+    Rejected,
+}
+
+impl DropReason {
+    /// The metrics and log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Invalid => "invalid",
+            DropReason::Oversized => "oversized",
+            DropReason::Policy => "policy",
+            DropReason::Rejected => "rejected",
+        }
+    }
+}
+
+/// What becomes of one input event.
+#[derive(Debug, Clone, PartialEq)]
+enum Disposition {
+    /// Handed to the sinks as `events[index]`.
+    Publish(usize),
+    /// Can never succeed: validation or rendering failed.
+    Invalid(String),
+    /// Acknowledged without publishing.
+    Drop(DropReason, String),
+    /// Repeats an earlier ID of the same payload: published and acknowledged once.
+    Duplicate,
+}
+
+/// One input event's identity, kept for summaries and logs.
+#[derive(Debug, Clone, PartialEq)]
+struct Slot {
+    id: String,
+    feature: String,
+    action: String,
+    disposition: Disposition,
+}
+
+/// A payload made ready for the sinks.
+#[derive(Debug, Default)]
+pub struct PreparedPayload {
+    /// The events to publish, each rendered once.
+    pub events: Vec<PreparedEvent>,
+    slots: Vec<Slot>,
+}
+
+impl PreparedPayload {
+    /// How many events the sender submitted.
+    pub fn submitted(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// Migrates, validates and renders every event of a payload, in order.
+pub fn prepare_payload(
+    events: Vec<Event>,
+    source: &Source,
+    policy: &EventPolicy,
+) -> PreparedPayload {
+    let cody_only = policy.enforce_export_tags
+        && source.license().is_some_and(|license| {
+            license.has_tag(telemetry_gateway_auth::license::TAG_DISABLE_TELEMETRY_EVENTS_EXPORT)
+        });
+    let mut prepared = PreparedPayload {
+        events: Vec::with_capacity(events.len()),
+        slots: Vec::with_capacity(events.len()),
+    };
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut json = Vec::with_capacity(1024);
+    for mut event in events {
+        let disposition = if !seen.insert(event.id.clone()) {
+            Disposition::Duplicate
+        } else if cody_only && !is_cody_feature(&event.feature) {
+            Disposition::Drop(
+                DropReason::Policy,
+                "license disables export of events other than cody".into(),
+            )
+        } else {
+            migrate_legacy_metadata(&mut event);
+            match prepare_event(&event, source, &mut json) {
+                Ok(ready) => {
+                    prepared.events.push(ready);
+                    Disposition::Publish(prepared.events.len() - 1)
+                }
+                Err(disposition) => disposition,
+            }
+        };
+        prepared.slots.push(Slot {
+            id: event.id,
+            feature: event.feature,
+            action: event.action,
+            disposition,
+        });
+    }
+    prepared
+}
+
+/// Prepares a single event (the unary path): `Err` carries why it will not be published.
+pub fn prepare_single(mut event: Event, source: &Source) -> Result<Option<PreparedEvent>, String> {
+    migrate_legacy_metadata(&mut event);
+    match prepare_event(&event, source, &mut Vec::new()) {
+        Ok(ready) => Ok(Some(ready)),
+        Err(Disposition::Drop(..)) => Ok(None),
+        Err(Disposition::Invalid(reason)) => Err(reason),
+        Err(other) => Err(format!("unexpected disposition {other:?}")),
+    }
+}
+
+fn is_cody_feature(feature: &str) -> bool {
+    feature == "cody" || feature.starts_with("cody.")
+}
+
+/// Validates and renders one (already migrated) event; `json` is a reusable scratch buffer.
+fn prepare_event(
+    event: &Event,
+    source: &Source,
+    json: &mut Vec<u8>,
+) -> Result<PreparedEvent, Disposition> {
+    validate_event(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
+    json.clear();
+    render_event(event, json)
+        .map_err(|err| Disposition::Invalid(format!("marshalling event: {err}")))?;
+
+    let metadata = source.metadata_json();
+    let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
+    if size >= MAX_EVENT_PAYLOAD_BYTES {
+        log_oversized(event, size, json);
+        return Err(Disposition::Drop(
+            DropReason::Oversized,
+            format!("event {}/{} is oversized", event.feature, event.action),
+        ));
+    }
+    let mut payload = Vec::with_capacity(size);
+    payload.extend_from_slice(br#"{"event":"#);
+    payload.extend_from_slice(json);
+    payload.extend_from_slice(br#","metadata":"#);
+    payload.extend_from_slice(metadata);
+    payload.push(b'}');
+
+    Ok(PreparedEvent {
+        id: event.id.clone(),
+        feature: event.feature.clone(),
+        action: event.action.clone(),
+        timestamp: event.timestamp.unwrap_or_default(),
+        payload: Bytes::from(payload),
+        attributes: attributes(event, source),
+    })
+}
+
+fn log_oversized(event: &Event, size: usize, json: &[u8]) {
+    let snippet = String::from_utf8_lossy(&json[..json.len().min(OVERSIZED_SNIPPET_BYTES)]);
+    tracing::error!(
+        error = %format!("event {}/{} is oversized", event.feature, event.action),
+        eventID = %event.id,
+        eventSource = %SourceText(event.source.as_ref()),
+        size,
+        eventSnippet = %snippet,
+        "discarding oversized event"
+    );
+}
+
+/// The Pub/Sub message attributes of an event (after legacy migration).
+pub fn attributes(event: &Event, source: &Source) -> Attributes {
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        "publisher.source".into(),
+        source.publisher_source().to_string(),
+    );
+    attributes.insert("event.feature".into(), event.feature.clone());
+    attributes.insert("event.action".into(), event.action.clone());
+    let parameters = event.parameters.as_ref();
+    let has_private = parameters.is_some_and(|p| p.private_metadata.is_some());
+    attributes.insert("event.hasPrivateMetadata".into(), has_private.to_string());
+    for (key, value) in parameters.iter().flat_map(|p| &p.metadata) {
+        // Ours: any non-empty suffix counts (the original skipped one-character suffixes).
+        if key.len() > RECORDS_PRIVATE_METADATA_PREFIX.len()
+            && key.starts_with(RECORDS_PRIVATE_METADATA_PREFIX)
+            && *value > 0.0
+        {
+            attributes.insert(format!("event.{key}"), "true".into());
+        }
+    }
+    attributes
+}
+
+/// The protobuf text form of an event's source, for logs (`server:{version:"x"} ...`).
+struct SourceText<'a>(Option<&'a EventSource>);
+
+impl fmt::Display for SourceText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(source) = self.0 else {
+            return Ok(());
+        };
+        if let Some(server) = &source.server {
+            write!(f, "server:{{version:{:?}}}", server.version)?;
+        }
+        if let Some(client) = &source.client {
+            write!(f, " client:{{name:{:?}", client.name)?;
+            if let Some(version) = &client.version {
+                write!(f, " version:{version:?}")?;
+            }
+            f.write_str("}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The overall result of a payload, as the original labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    /// No event failed.
+    Success,
+    /// Some events failed.
+    PartialFailure,
+    /// Every event failed.
+    CompleteFailure,
+}
+
+impl BatchResult {
+    /// The metrics and log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchResult::Success => "success",
+            BatchResult::PartialFailure => "partial_failure",
+            BatchResult::CompleteFailure => "complete_failure",
+        }
+    }
+
+    /// The original's summary message.
+    pub fn message(self) -> &'static str {
+        match self {
+            BatchResult::Success => "all events in batch submitted successfully",
+            BatchResult::PartialFailure => "some events in batch failed to submit",
+            BatchResult::CompleteFailure => "all events in batch failed to submit",
+        }
+    }
+}
+
+/// An event that errored, whether or not it was acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFailure {
+    /// The event's ID.
+    pub id: String,
+    /// The event's feature.
+    pub feature: String,
+    /// The event's action.
+    pub action: String,
+    /// What went wrong.
+    pub error: String,
+    /// Whether a retry may succeed.
+    pub retryable: bool,
+}
+
+impl fmt::Display for EventFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "feature:{:?} action:{:?} id:{:?}: {}",
+            self.feature, self.action, self.id, self.error
+        )
+    }
+}
+
+/// An event acknowledged without being published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DroppedEvent {
+    /// The event's ID.
+    pub id: String,
+    /// Why.
+    pub reason: DropReason,
+    /// Details for the log.
+    pub detail: String,
+}
+
+/// What happened to a payload: the response, and what logs and metrics need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// IDs to acknowledge, in input order, each once.
+    pub succeeded: Vec<String>,
+    /// Events not acknowledged: the sender should retry them.
+    pub failed: Vec<EventFailure>,
+    /// Events acknowledged without being published.
+    pub dropped: Vec<DroppedEvent>,
+    /// Events repeating an earlier ID of the payload.
+    pub duplicates: usize,
+    /// How many events the sender submitted.
+    pub submitted: usize,
+    /// The overall result.
+    pub result: BatchResult,
+}
+
+/// Combines the pipeline's decisions and the sinks' outcomes into the payload's summary.
+///
+/// `outcomes[i]` is the outcome of `payload.events[i]`.
+pub fn summarize(
+    payload: PreparedPayload,
+    outcomes: &[PublishOutcome],
+    source: &Source,
+) -> Summary {
+    let acknowledge_permanent = source.acknowledges_permanent_failures();
+    let mut summary = Summary {
+        succeeded: Vec::with_capacity(payload.slots.len()),
+        failed: Vec::new(),
+        dropped: Vec::new(),
+        duplicates: 0,
+        submitted: payload.slots.len(),
+        result: BatchResult::Success,
+    };
+    for slot in payload.slots {
+        let (error, retryable, reason) = match slot.disposition {
+            Disposition::Duplicate => {
+                summary.duplicates += 1;
+                continue;
+            }
+            Disposition::Drop(reason, detail) => {
+                summary.dropped.push(DroppedEvent {
+                    id: slot.id.clone(),
+                    reason,
+                    detail,
+                });
+                summary.succeeded.push(slot.id);
+                continue;
+            }
+            Disposition::Invalid(error) => (error, false, DropReason::Invalid),
+            Disposition::Publish(index) => match outcomes.get(index) {
+                Some(PublishOutcome::Delivered) => {
+                    summary.succeeded.push(slot.id);
+                    continue;
+                }
+                Some(PublishOutcome::Retryable(error)) => {
+                    (error.clone(), true, DropReason::Rejected)
+                }
+                Some(PublishOutcome::Permanent(error)) => {
+                    (error.clone(), false, DropReason::Rejected)
+                }
+                None => (
+                    "no outcome reported by the sink".into(),
+                    true,
+                    DropReason::Rejected,
+                ),
+            },
+        };
+        if !retryable && acknowledge_permanent {
+            summary.dropped.push(DroppedEvent {
+                id: slot.id.clone(),
+                reason,
+                detail: error,
+            });
+            summary.succeeded.push(slot.id);
+        } else {
+            summary.failed.push(EventFailure {
+                id: slot.id,
+                feature: slot.feature,
+                action: slot.action,
+                error,
+                retryable,
+            });
+        }
+    }
+    let considered = summary.succeeded.len() + summary.failed.len();
+    summary.result = if summary.failed.is_empty() {
+        BatchResult::Success
+    } else if summary.failed.len() == considered {
+        BatchResult::CompleteFailure
+    } else {
+        BatchResult::PartialFailure
+    };
+    summary
+}

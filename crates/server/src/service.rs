@@ -1,0 +1,370 @@
+//! `TelemeteryGatewayService`: the RecordEvents stream and the unary RecordEvent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use telemetry_gateway_auth::LicenseVerifier;
+use telemetry_gateway_proto::v1::identifier::Identifier;
+use telemetry_gateway_proto::v1::record_events_request::Payload;
+use telemetry_gateway_proto::v1::telemetery_gateway_service_server::TelemeteryGatewayService;
+use telemetry_gateway_proto::v1::{
+    Event, RecordEventRequest, RecordEventResponse, RecordEventsRequest,
+    RecordEventsRequestMetadata, RecordEventsResponse,
+};
+use telemetry_gateway_sink::{EventSink, PublishOutcome};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{ServerError, receive_error};
+use crate::managed::ManagedServiceAuthorizer;
+use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
+use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
+
+/// A stream taking longer than this is logged as slow, as the original does.
+const SLOW_STREAM: Duration = Duration::from_secs(30);
+
+/// At most this many failures are listed in one payload's log line.
+const LOGGED_FAILURES: usize = 20;
+
+/// Everything a request needs: the sink, the credential checks, and the event policy.
+pub struct EventGateway {
+    sink: Arc<dyn EventSink>,
+    licenses: LicenseVerifier,
+    managed: Arc<dyn ManagedServiceAuthorizer>,
+    policy: EventPolicy,
+}
+
+impl EventGateway {
+    /// Composes a gateway from its parts.
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        licenses: LicenseVerifier,
+        managed: Arc<dyn ManagedServiceAuthorizer>,
+        policy: EventPolicy,
+    ) -> EventGateway {
+        EventGateway {
+            sink,
+            licenses,
+            managed,
+            policy,
+        }
+    }
+
+    /// The sink events are handed to.
+    pub fn sink(&self) -> &Arc<dyn EventSink> {
+        &self.sink
+    }
+
+    /// Establishes who is sending, from the metadata message and the request's gRPC metadata.
+    pub async fn identify(
+        &self,
+        metadata: &RecordEventsRequestMetadata,
+        headers: &MetadataMap,
+    ) -> Result<Source, ServerError> {
+        let identifier = metadata
+            .identifier
+            .as_ref()
+            .and_then(|identifier| identifier.identifier.as_ref());
+        let kind = match identifier {
+            Some(Identifier::LicensedInstance(licensed)) => {
+                let verified = self
+                    .licenses
+                    .verify(&licensed.license_key)
+                    .map_err(|err| ServerError::InvalidLicenseKey(err.to_string()))?;
+                let info = verified.info;
+                if self.policy.reject_expired_licenses && info.is_expired_at(chrono::Utc::now()) {
+                    return Err(ServerError::InvalidLicenseKey(format!(
+                        "license expired at {}",
+                        info.expires_at.to_rfc3339()
+                    )));
+                }
+                tracing::info!(
+                    requestID = %metadata.request_id,
+                    instanceID = %licensed.instance_id,
+                    instanceExternalURL = %licensed.external_url,
+                    license.salesforceOpportunityID = ?info.salesforce_opportunity_id,
+                    license.salesforceSubscriptionID = ?info.salesforce_subscription_id,
+                    license.tags = ?info.tags,
+                    license.userCount = info.user_count,
+                    license.expiresAt = %info.expires_at.to_rfc3339(),
+                    "handling events submission stream for licensed instance"
+                );
+                SourceKind::LicensedInstance {
+                    instance_id: licensed.instance_id.clone(),
+                    external_url: licensed.external_url.clone(),
+                    license: Box::new(info),
+                }
+            }
+            Some(Identifier::UnlicensedInstance(unlicensed)) => {
+                if unlicensed.instance_id.is_empty() {
+                    return Err(ServerError::MissingInstanceId);
+                }
+                tracing::info!(
+                    requestID = %metadata.request_id,
+                    instanceID = %unlicensed.instance_id,
+                    "handling events submission stream for unlicensed instance"
+                );
+                SourceKind::UnlicensedInstance {
+                    instance_id: unlicensed.instance_id.clone(),
+                    external_url: unlicensed.external_url.clone(),
+                }
+            }
+            Some(Identifier::ManagedService(service)) => {
+                if service.service_id.is_empty() {
+                    return Err(ServerError::MissingServiceId);
+                }
+                self.managed.authorize(headers).await?;
+                tracing::info!(
+                    requestID = %metadata.request_id,
+                    serviceID = %service.service_id,
+                    serviceEnvironment = ?service.service_environment,
+                    "handling events submission stream for managed service"
+                );
+                SourceKind::ManagedService {
+                    service_id: service.service_id.clone(),
+                    environment: service.service_environment.clone(),
+                }
+            }
+            None => {
+                tracing::error!(requestID = %metadata.request_id, "identifier not supported for this RPC");
+                return Err(ServerError::UnsupportedIdentifier);
+            }
+        };
+        Ok(if self.policy.fingerprint_license_keys {
+            Source::new(kind, &with_fingerprinted_license_key(metadata))
+        } else {
+            Source::new(kind, metadata)
+        })
+    }
+
+    /// Prepares, publishes and summarizes one events payload.
+    pub async fn process_payload(&self, source: &Source, events: Vec<Event>) -> Summary {
+        let started = Instant::now();
+        let prepared = prepare_payload(events, source, &self.policy);
+        let outcomes = if prepared.events.is_empty() {
+            Vec::new()
+        } else {
+            self.sink.publish(&prepared.events).await
+        };
+        let summary = summarize(prepared, &outcomes, source);
+        log_summary(&summary, source, started.elapsed());
+        summary
+    }
+
+    /// Handles one `RecordEvents` stream until the sender half-closes or an error ends it.
+    async fn run_stream(
+        self: Arc<Self>,
+        headers: MetadataMap,
+        mut inbound: Streaming<RecordEventsRequest>,
+        responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
+    ) {
+        let started = Instant::now();
+        let mut source: Option<Source> = None;
+        let mut total_events = 0usize;
+        let outcome: Result<(), Status> = loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(receive_error(status)),
+            };
+            match message.payload {
+                None => continue,
+                Some(Payload::Metadata(metadata)) => {
+                    if source.is_some() {
+                        break Err(ServerError::MetadataTwice.into());
+                    }
+                    match self.identify(&metadata, &headers).await {
+                        Ok(identified) => source = Some(identified),
+                        Err(err) => break Err(err.into()),
+                    }
+                }
+                Some(Payload::Events(payload)) => {
+                    let Some(source) = source.as_ref() else {
+                        break Err(ServerError::EventsBeforeMetadata.into());
+                    };
+                    total_events += payload.events.len();
+                    let summary = self.process_payload(source, payload.events).await;
+                    let response = RecordEventsResponse {
+                        succeeded_events: summary.succeeded,
+                    };
+                    if responses.send(Ok(response)).await.is_err() {
+                        // The sender went away; unacknowledged events will be retried.
+                        break Ok(());
+                    }
+                }
+            }
+        };
+        let publisher = source.as_ref().map_or("invalid", Source::publisher_source);
+        let duration = started.elapsed();
+        match &outcome {
+            Err(status) => tracing::warn!(
+                source = publisher,
+                code = ?status.code(),
+                error = status.message(),
+                events = total_events,
+                ?duration,
+                "request failed"
+            ),
+            Ok(()) if duration > SLOW_STREAM => tracing::error!(
+                source = publisher,
+                error = "slow request",
+                events = total_events,
+                ?duration,
+                "request done"
+            ),
+            Ok(()) => tracing::info!(
+                source = publisher,
+                events = total_events,
+                ?duration,
+                "request done"
+            ),
+        }
+        if let Err(status) = outcome {
+            let _ = responses.send(Err(status)).await;
+        }
+    }
+
+    /// Handles a unary `RecordEvent`.
+    pub async fn record_event(
+        &self,
+        request: RecordEventRequest,
+        headers: &MetadataMap,
+    ) -> Result<(), ServerError> {
+        let event = request.event.ok_or(ServerError::EventRequired)?;
+        let metadata = request.metadata.unwrap_or_default();
+        let is_managed = matches!(
+            metadata
+                .identifier
+                .as_ref()
+                .and_then(|i| i.identifier.as_ref()),
+            Some(Identifier::ManagedService(_))
+        );
+        if !is_managed {
+            return Err(ServerError::UnsupportedIdentifier);
+        }
+        let source = self.identify(&metadata, headers).await?;
+        let (id, feature, action) = (
+            event.id.clone(),
+            event.feature.clone(),
+            event.action.clone(),
+        );
+        let Some(prepared) = prepare_single(event, &source).map_err(ServerError::InvalidEvent)?
+        else {
+            // Deliberately dropped (oversized): reported as success, as the original does.
+            return Ok(());
+        };
+        let outcome = self.sink.publish(std::slice::from_ref(&prepared)).await;
+        match outcome.into_iter().next() {
+            Some(PublishOutcome::Delivered) => Ok(()),
+            Some(PublishOutcome::Retryable(err) | PublishOutcome::Permanent(err)) => {
+                tracing::error!(
+                    source = source.publisher_source(),
+                    eventID = %id,
+                    eventFeature = %feature,
+                    eventAction = %action,
+                    error = %err,
+                    "failed to publish event"
+                );
+                Err(ServerError::PublishFailed(err))
+            }
+            None => Err(ServerError::PublishFailed(
+                "unexpected publishing issue".into(),
+            )),
+        }
+    }
+}
+
+fn log_summary(summary: &Summary, source: &Source, duration: Duration) {
+    let publisher = source.publisher_source();
+    for dropped in &summary.dropped {
+        tracing::info!(
+            source = publisher,
+            eventID = %dropped.id,
+            reason = dropped.reason.as_str(),
+            detail = %dropped.detail,
+            "dropped event"
+        );
+    }
+    if summary.submitted == 0 {
+        tracing::info!(source = publisher, "empty events payload");
+        return;
+    }
+    if summary.failed.is_empty() {
+        tracing::info!(
+            source = publisher,
+            result = summary.result.as_str(),
+            submitted = summary.submitted,
+            succeeded = summary.succeeded.len(),
+            failed = 0,
+            dropped = summary.dropped.len(),
+            duplicates = summary.duplicates,
+            ?duration,
+            "{}",
+            summary.result.message()
+        );
+    } else {
+        let failures: Vec<String> = summary
+            .failed
+            .iter()
+            .take(LOGGED_FAILURES)
+            .map(ToString::to_string)
+            .collect();
+        tracing::error!(
+            source = publisher,
+            result = summary.result.as_str(),
+            submitted = summary.submitted,
+            succeeded = summary.succeeded.len(),
+            failed = summary.failed.len(),
+            dropped = summary.dropped.len(),
+            duplicates = summary.duplicates,
+            ?duration,
+            failures = ?failures,
+            "{}",
+            summary.result.message()
+        );
+    }
+}
+
+/// The tonic service: a thin adapter from gRPC to [`EventGateway`].
+#[derive(Clone)]
+pub struct GrpcService {
+    gateway: Arc<EventGateway>,
+}
+
+impl GrpcService {
+    /// Serves `gateway` over gRPC.
+    pub fn new(gateway: Arc<EventGateway>) -> GrpcService {
+        GrpcService { gateway }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<RecordEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TelemeteryGatewayService for GrpcService {
+    type RecordEventsStream = ResponseStream;
+
+    async fn record_events(
+        &self,
+        request: Request<Streaming<RecordEventsRequest>>,
+    ) -> Result<Response<Self::RecordEventsStream>, Status> {
+        let (headers, _, inbound) = request.into_parts();
+        // Room for one response while the next payload is processed.
+        let (responses, receiver) = mpsc::channel(2);
+        tokio::spawn(self.gateway.clone().run_stream(headers, inbound, responses));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn record_event(
+        &self,
+        request: Request<RecordEventRequest>,
+    ) -> Result<Response<RecordEventResponse>, Status> {
+        let (headers, _, request) = request.into_parts();
+        self.gateway.record_event(request, &headers).await?;
+        Ok(Response::new(RecordEventResponse {}))
+    }
+}

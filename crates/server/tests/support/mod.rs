@@ -1,0 +1,135 @@
+//! An in-process gateway on 127.0.0.1 and a free port, for tests that speak real gRPC.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use telemetry_gateway_auth::LicenseVerifier;
+use telemetry_gateway_proto::v1::telemetery_gateway_service_client::TelemeteryGatewayServiceClient;
+use telemetry_gateway_server::{
+    EventGateway, EventPolicy, ManagedAuthError, ManagedServiceAuthorizer, NotConfigured,
+    ServerOptions,
+};
+use telemetry_gateway_sink::EventSink;
+use telemetry_gateway_testkit::RecordingSink;
+use telemetry_gateway_testkit::license::LicenseKeyPair;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+
+/// Lets every managed-service caller through (the SAMS check is tested on its own).
+pub struct AllowAll;
+
+#[async_trait]
+impl ManagedServiceAuthorizer for AllowAll {
+    async fn authorize(&self, _metadata: &MetadataMap) -> Result<(), ManagedAuthError> {
+        Ok(())
+    }
+}
+
+/// How to build a test gateway; `Default` is a recording sink, the shared test license key,
+/// SAMS not configured, no opt-in policies.
+pub struct Setup {
+    pub sink: Arc<dyn EventSink>,
+    pub licenses: LicenseVerifier,
+    pub managed: Arc<dyn ManagedServiceAuthorizer>,
+    pub policy: EventPolicy,
+    pub options: ServerOptions,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            sink: Arc::new(RecordingSink::new()),
+            licenses: test_verifier(),
+            managed: Arc::new(NotConfigured),
+            policy: EventPolicy::default(),
+            options: ServerOptions::default(),
+        }
+    }
+}
+
+/// A verifier for keys minted with the shared test key pair.
+pub fn test_verifier() -> LicenseVerifier {
+    LicenseVerifier::from_openssh_public_key(&LicenseKeyPair::shared().public_key_openssh())
+        .expect("the test key pair's public key parses")
+}
+
+/// A running gateway; stopped when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with a recording sink and default settings.
+    pub async fn start(sink: Arc<RecordingSink>) -> TestGateway {
+        TestGateway::start_with(Setup {
+            sink,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// Starts a gateway as `setup` says.
+    pub async fn start_with(setup: Setup) -> TestGateway {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local address");
+        let gateway = Arc::new(EventGateway::new(
+            setup.sink,
+            setup.licenses,
+            setup.managed,
+            setup.policy,
+        ));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stop = async {
+                let _ = stopped.await;
+            };
+            telemetry_gateway_server::serve(listener, gateway, setup.options, stop)
+                .await
+                .expect("the server runs");
+        });
+        TestGateway {
+            addr,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// A connected gRPC client.
+    pub async fn client(&self) -> TelemeteryGatewayServiceClient<Channel> {
+        telemetry_gateway_testkit::connect(self.addr)
+            .await
+            .expect("connect to the gateway")
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// The published payload of an event, parsed.
+pub fn payload_json(event: &telemetry_gateway_sink::PreparedEvent) -> serde_json::Value {
+    serde_json::from_slice(&event.payload).expect("published payloads are JSON")
+}

@@ -1,0 +1,218 @@
+//! The one thread that appends to event files: group commit, rotation and roll-back.
+
+use std::fs;
+use std::io;
+use std::mem;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::Shared;
+use super::fault::FaultInjection;
+use super::segment::{self, Segment};
+
+/// One publish call's accepted events, rendered as NDJSON lines, waiting for the writer.
+#[derive(Debug)]
+pub(super) struct Batch {
+    /// Each payload followed by `\n`.
+    pub(super) lines: Vec<u8>,
+    /// Answered once the lines are durable (`Ok`) or certainly not in the file (`Err`).
+    pub(super) reply: oneshot::Sender<Result<(), String>>,
+    /// This batch's share of the queue budget, released when the batch is answered.
+    pub(super) _budget: OwnedSemaphorePermit,
+}
+
+/// Why a group could not be made durable.
+#[derive(Debug)]
+enum Failure {
+    Open(io::Error),
+    Write(io::Error),
+    Sync(io::Error),
+}
+
+/// Owns the current file; runs on its own thread.
+#[derive(Debug)]
+pub(super) struct Writer {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    current: Option<Segment>,
+    shared: Arc<Shared>,
+    faults: FaultInjection,
+}
+
+impl Writer {
+    pub(super) fn new(
+        dir: PathBuf,
+        max_file_bytes: u64,
+        first: Segment,
+        shared: Arc<Shared>,
+        faults: FaultInjection,
+    ) -> Self {
+        announce(&shared, &first.path);
+        Writer {
+            dir,
+            max_file_bytes,
+            current: Some(first),
+            shared,
+            faults,
+        }
+    }
+
+    /// Writes groups until every sender is gone and the queue is empty, then closes the file.
+    pub(super) fn run(mut self, mut queue: mpsc::UnboundedReceiver<Batch>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut group = vec![first];
+            // Everything that queued up during the previous fsync shares the next one.
+            while let Ok(next) = queue.try_recv() {
+                group.push(next);
+            }
+            self.write_group(group);
+        }
+        self.retire();
+    }
+
+    /// Appends a group, rotating before any batch that would push the file past its limit.
+    fn write_group(&mut self, group: Vec<Batch>) {
+        let mut pending = Vec::with_capacity(group.len());
+        let mut pending_bytes = 0;
+        for batch in group {
+            let size = batch.lines.len() as u64;
+            let used = self.current_len() + pending_bytes;
+            if used > 0 && used + size > self.max_file_bytes {
+                self.commit(mem::take(&mut pending));
+                pending_bytes = 0;
+                self.retire();
+            }
+            pending_bytes += size;
+            pending.push(batch);
+        }
+        self.commit(pending);
+    }
+
+    /// Makes `batches` durable in the current file and answers each of them.
+    fn commit(&mut self, batches: Vec<Batch>) {
+        if batches.is_empty() {
+            return;
+        }
+        let answer = self.append_durably(&batches);
+        for batch in batches {
+            // A dropped receiver is a cancelled publish: its events stay unacknowledged.
+            let _ = batch.reply.send(answer.clone());
+        }
+    }
+
+    fn append_durably(&mut self, batches: &[Batch]) -> Result<(), String> {
+        let Err((path, before, failure)) = self.try_append(batches) else {
+            return Ok(());
+        };
+        let events: usize = batches
+            .iter()
+            .map(|batch| batch.lines.iter().filter(|&&byte| byte == b'\n').count())
+            .sum();
+        let reason = match &failure {
+            Failure::Open(error) => format!(
+                "file sink cannot create a file under {}: {error}",
+                self.dir.display()
+            ),
+            Failure::Write(error) => format!("file sink cannot write {}: {error}", path.display()),
+            Failure::Sync(error) => format!("file sink cannot fsync {}: {error}", path.display()),
+        };
+        tracing::error!(
+            sink = "file",
+            events,
+            batches = batches.len(),
+            error = %reason,
+            "events not stored; their senders will retry them"
+        );
+        self.roll_back(before, &failure);
+        Err(reason)
+    }
+
+    /// Writes and syncs; on failure says which file, its delivered length and what went wrong.
+    fn try_append(&mut self, batches: &[Batch]) -> Result<(), (PathBuf, u64, Failure)> {
+        let segment = match &mut self.current {
+            Some(segment) => segment,
+            None => {
+                let created = segment::create(&self.dir)
+                    .map_err(|error| (self.dir.clone(), 0, Failure::Open(error)))?;
+                announce(&self.shared, &created.path);
+                self.current.insert(created)
+            }
+        };
+        let before = segment.len;
+        let fail = |failure| (segment.path.clone(), before, failure);
+        let mut written = 0;
+        for batch in batches {
+            self.faults
+                .write_all(&segment.file, &batch.lines)
+                .map_err(|error| fail(Failure::Write(error)))?;
+            written += batch.lines.len() as u64;
+        }
+        self.faults
+            .sync_data(&segment.file)
+            .map_err(|error| fail(Failure::Sync(error)))?;
+        segment.len = before + written;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cuts the current file back to its delivered lines, so it never holds a partial line or a
+    /// line of an unacknowledged event; gives the file up when its state is uncertain.
+    fn roll_back(&mut self, before: u64, failure: &Failure) {
+        let Some(segment) = self.current.as_mut() else {
+            return;
+        };
+        if let Err(error) = segment.file.set_len(before) {
+            tracing::error!(
+                sink = "file",
+                path = %segment.path.display(),
+                %error,
+                "cannot cut the file back after a failed write; it may end with a partial line"
+            );
+            self.retire();
+            return;
+        }
+        // After a failed fsync the kernel may have dropped the dirty pages, so what is on disk is
+        // unknown: keep only a file whose truncation is itself durable.
+        let keep = matches!(failure, Failure::Write(_)) && segment.file.sync_data().is_ok();
+        if !keep {
+            self.retire();
+        }
+    }
+
+    /// Closes the current file; removes it when it holds no delivered event.
+    fn retire(&mut self) {
+        let Some(segment) = self.current.take() else {
+            return;
+        };
+        let mut files = self.shared.lock_files();
+        files.current = None;
+        if segment.len == 0 {
+            files.all.retain(|path| path != &segment.path);
+            drop(files);
+            drop(segment.file);
+            if let Err(error) = fs::remove_file(&segment.path) {
+                tracing::warn!(
+                    sink = "file",
+                    path = %segment.path.display(),
+                    %error,
+                    "cannot remove an event file without events"
+                );
+            }
+        }
+    }
+
+    fn current_len(&self) -> u64 {
+        self.current.as_ref().map_or(0, |segment| segment.len)
+    }
+}
+
+/// Records a newly created file as the current one.
+fn announce(shared: &Shared, path: &std::path::Path) {
+    tracing::debug!(sink = "file", path = %path.display(), "started a new event file");
+    let mut files = shared.lock_files();
+    files.all.push(path.to_path_buf());
+    files.current = Some(path.to_path_buf());
+}

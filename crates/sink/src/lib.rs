@@ -1,0 +1,125 @@
+//! Where events go once the gateway has accepted them.
+//!
+//! This crate owns the [`EventSink`] seam and its backends. A sink receives a batch of
+//! [`PreparedEvent`]s (the exact payload bytes to deliver, their attributes and IDs) and returns one
+//! [`PublishOutcome`] per event, in the same order. The gateway acknowledges an event to its sender
+//! only when the outcome is [`PublishOutcome::Delivered`], so a sink must never report delivery
+//! before the event is durably handed off.
+//!
+//! It knows nothing of gRPC, streams, senders or authentication.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod discard;
+pub mod file;
+pub mod log;
+
+pub use discard::DiscardSink;
+pub use file::{FileSink, FileSinkConfig};
+pub use log::LogSink;
+
+/// Message attributes, in key order (as published to Pub/Sub).
+pub type Attributes = BTreeMap<String, String>;
+
+/// An event rendered once, ready for every sink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedEvent {
+    /// The event ID chosen by the sender; the de-duplication key downstream.
+    pub id: String,
+    /// The event's feature, as sent.
+    pub feature: String,
+    /// The event's action, as sent.
+    pub action: String,
+    /// When the event happened, according to the sender.
+    pub timestamp: prost_types::Timestamp,
+    /// The compact JSON payload `{"event":...,"metadata":...}`, delivered as-is.
+    pub payload: Bytes,
+    /// The message attributes (`publisher.source`, `event.feature`, ...).
+    pub attributes: Attributes,
+}
+
+/// What happened to one event handed to a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Durably handed off: the event may be acknowledged.
+    Delivered,
+    /// Not delivered, but a later attempt may succeed (transport error, timeout, quota).
+    Retryable(String),
+    /// Not delivered, and retrying the same event will not help (the backend rejected it).
+    Permanent(String),
+}
+
+impl PublishOutcome {
+    /// Whether the event was durably handed off.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, PublishOutcome::Delivered)
+    }
+
+    /// The same retryable failure for every event of a batch of `n`.
+    pub fn all_retryable(n: usize, reason: impl fmt::Display) -> Vec<PublishOutcome> {
+        let reason = reason.to_string();
+        vec![PublishOutcome::Retryable(reason); n]
+    }
+}
+
+/// Errors a sink reports outside of per-event outcomes: set-up, health and shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink's configuration cannot work (a missing directory permission, say).
+    #[error("{sink}: invalid configuration: {message}")]
+    Config {
+        /// The sink's name.
+        sink: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The sink cannot currently accept events.
+    #[error("{sink}: {message}")]
+    Unhealthy {
+        /// The sink's name.
+        sink: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// An I/O error in the sink itself.
+    #[error("{sink}: {source}")]
+    Io {
+        /// The sink's name.
+        sink: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A destination for prepared events.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// A short name for logs and metrics: `file`, `log`, `pubsub`, `bigquery`, ...
+    fn name(&self) -> &'static str;
+
+    /// Hands off a batch and returns exactly one outcome per event, in the input order.
+    ///
+    /// Returning [`PublishOutcome::Delivered`] is a promise: the event is durable downstream.
+    /// Cancellation (the future being dropped) must never leave a delivered event unreported
+    /// as anything but unacknowledged; the sender will then retry it.
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome>;
+
+    /// Where this sink sends events, in one line for the start-up log
+    /// (for example `NDJSON files under ./data/events`).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// Whether the sink can accept events now (the `/-/healthz` check).
+    async fn health(&self) -> Result<(), SinkError>;
+
+    /// Flushes anything buffered and releases resources; called once at shutdown.
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+
+ 
+req-unlicensed
+
+instance-2
