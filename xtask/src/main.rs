@@ -164,3 +164,46 @@ fn docs(root: &Path, check: bool) -> Result<()> {
     println!("docs: wrote {CONFIG_DOC}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch workspace holding a copy of the proto and of the checked-in generated code.
+    fn scratch_workspace() -> tempfile::TempDir {
+        let root = workspace_root();
+        let scratch = tempfile::tempdir().expect("temp dir");
+        for file in PROTO_FILES {
+            let target = scratch.path().join(PROTO_ROOT).join(file);
+            std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+            std::fs::copy(root.join(PROTO_ROOT).join(file), target).expect("copy proto");
+        }
+        let gen_dir = scratch.path().join(GEN_DIR);
+        std::fs::create_dir_all(&gen_dir).expect("mkdir");
+        for entry in std::fs::read_dir(root.join(GEN_DIR)).expect("generated code") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), gen_dir.join(entry.file_name())).expect("copy");
+        }
+        scratch
+    }
+
+    #[test]
+    fn checked_in_code_matches_the_proto() {
+        let scratch = scratch_workspace();
+        codegen(scratch.path(), true).expect("the checked-in code is current");
+    }
+
+    #[test]
+    fn a_changed_proto_without_regeneration_is_detected() {
+        let scratch = scratch_workspace();
+        let proto = scratch.path().join(PROTO_ROOT).join(PROTO_FILES[0]);
+        let mut text = std::fs::read_to_string(&proto).expect("read proto");
+        text = text.replace(
+            "message RecordEventResponse {}",
+            "message RecordEventResponse {\n  string note = 1;\n}",
+        );
+        std::fs::write(&proto, text).expect("write proto");
+        let err = codegen(scratch.path(), true).expect_err("drift must be detected");
+        assert!(err.to_string().contains("stale"), "{err}");
+    }
+}

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod events;
 pub mod http;
+pub mod json;
 pub mod license;
 pub mod sink;
 

@@ -110,6 +110,15 @@ impl TestGateway {
             .expect("connect to the gateway")
     }
 
+    /// A plain channel to the gateway, for the other gRPC services on its port.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("a socket address is a valid URI")
+            .connect()
+            .await
+            .expect("connect to the gateway")
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {

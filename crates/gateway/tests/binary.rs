@@ -1,0 +1,306 @@
+//! The real `telemetry-gateway` binary, started with no configuration, as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use telemetry_gateway_proto::json::to_canonical_json;
+use telemetry_gateway_testkit::client::{events_message, metadata_message};
+use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
+
+const BIN: &str = env!("CARGO_BIN_EXE_telemetry-gateway");
+
+/// A gateway process whose JSON log lines are collected; killed when dropped.
+struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Gateway {
+    /// Starts the binary in `dir` with an empty environment plus `env`.
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Gateway {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("SRC_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str(&line)
+                    && sender.send(json).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Gateway {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the log line with `message` and returns it.
+    fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        if let Some(line) = self.seen.iter().find(|l| l["message"] == message) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if line["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    /// The address the gateway listens on, from its start-up log line.
+    fn address(&mut self) -> SocketAddr {
+        let line = self.wait_for("telemetry gateway listening");
+        let listening: SocketAddr = line["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("an address field");
+        SocketAddr::from(([127, 0, 0, 1], listening.port()))
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("the gateway exits")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Multi-threaded: `terminate` blocks this thread while the client connection must stay
+// responsive to the server's graceful GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_configuration_events_land_in_the_file_sink() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // PORT=0 only so that tests never collide with a gateway already on 10085.
+    let mut gateway = Gateway::start(dir.path(), &[("PORT", "0")]);
+    let addr = gateway.address();
+    let destination =
+        gateway.wait_for("events go to NDJSON files under ./data/events (rotated at 128 MiB)");
+    assert_eq!(destination["sink"], "file");
+
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let metadata = unlicensed_metadata("instance-e2e");
+    let payloads: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|p| simple_events(p, 100))
+        .collect();
+    let mut messages = vec![metadata_message(metadata.clone())];
+    messages.extend(payloads.iter().cloned().map(events_message));
+    let responses = telemetry_gateway_testkit::record_events(&mut client, messages)
+        .await
+        .expect("the stream succeeds");
+    assert_eq!(responses.len(), 3);
+    for (response, payload) in responses.iter().zip(&payloads) {
+        let sent: Vec<&str> = payload.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(response.succeeded_events, sent);
+    }
+
+    // Every acknowledged event is on disk, once, as the exact expected JSON.
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("data/events"))
+        .expect("the file sink's directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
+        .collect();
+    let lines: Vec<serde_json::Value> = files
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .expect("readable")
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(lines.len(), 300);
+    let metadata_json: serde_json::Value =
+        serde_json::from_str(&to_canonical_json(&metadata).expect("renders")).expect("JSON");
+    for (line, event) in lines.iter().zip(payloads.iter().flatten()) {
+        let expected = serde_json::json!({
+            "event": serde_json::from_str::<serde_json::Value>(&to_canonical_json(event).expect("renders")).expect("JSON"),
+            "metadata": metadata_json,
+        });
+        assert_eq!(line["event"]["id"], event.id);
+        assert_eq!(line["metadata"], expected["metadata"]);
+        assert_eq!(line["event"]["parameters"]["metadata"]["latency"], 12);
+        assert_eq!(line["event"]["timestamp"], expected["event"]["timestamp"]);
+        assert_eq!(line["event"]["source"], expected["event"]["source"]);
+    }
+
+    let status = gateway.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM stops the gateway cleanly: {status:?}"
+    );
+    gateway.wait_for("telemetry gateway stopped");
+}
+
+#[tokio::test]
+async fn diagnostics_are_served_on_the_grpc_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut gateway = Gateway::start(dir.path(), &[("PORT", "0"), ("DIAGNOSTICS_SECRET", "hush")]);
+    let addr = gateway.address();
+    let version = telemetry_gateway_testkit::http::get(addr, "/-/version", None)
+        .await
+        .expect("served");
+    assert_eq!(
+        (version.status, version.body.as_str()),
+        (200, env!("CARGO_PKG_VERSION"))
+    );
+    let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", Some("Bearer hush"))
+        .await
+        .expect("served");
+    assert_eq!((health.status, health.body.as_str()), (200, "healthz: ok"));
+}
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(BIN);
+    command.current_dir(dir.path()).env_clear().args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+#[test]
+fn help_lists_every_setting() {
+    let output = run(&[], &["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "PORT",
+        "TELEMETRY_GATEWAY_LISTEN_ADDRESS",
+        "DIAGNOSTICS_SECRET",
+        "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES",
+        "MSP",
+        "ENVIRONMENT_ID",
+        "SRC_LOG_LEVEL",
+        "SRC_LOG_FORMAT",
+        "TELEMETRY_GATEWAY_EVENTS_SINKS",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
+        "TELEMETRY_GATEWAY_EVENTS_FILE_DIR",
+        "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
+        "TELEMETRY_GATEWAY_EVENTS_FINGERPRINT_LICENSE_KEYS",
+        "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY",
+        "SOURCEGRAPH_LICENSE_GENERATION_KEY",
+        "TELEMETRY_GATEWAY_LICENSE_REJECT_EXPIRED",
+        "TELEMETRY_GATEWAY_LICENSE_ENFORCE_EXPORT_TAGS",
+        "SANITY_CHECK",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {variable}")),
+            "--help misses {variable}:\n{help}"
+        );
+    }
+    assert!(help.contains("[default: 10085]"));
+}
+
+#[test]
+fn sanity_check_prints_the_original_line_and_exits() {
+    let output = run(&[("SANITY_CHECK", "true")], &[]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "Sanity check passed, exiting without error"
+    );
+}
+
+#[test]
+fn inconsistent_configuration_fails_at_start_naming_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", "true")],
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED",
+        ),
+        (
+            &[
+                ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", "ssh-rsa AAAA"),
+                ("SOURCEGRAPH_LICENSE_GENERATION_KEY", "pem"),
+            ],
+            "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY and SOURCEGRAPH_LICENSE_GENERATION_KEY are both set",
+        ),
+        (
+            &[("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", "not a key")],
+            "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY",
+        ),
+        (
+            &[(
+                "SOURCEGRAPH_LICENSE_GENERATION_KEY",
+                "-----BEGIN NOTHING-----",
+            )],
+            "SOURCEGRAPH_LICENSE_GENERATION_KEY",
+        ),
+        (&[("PORT", "not-a-port")], "PORT"),
+        (
+            &[("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,log")],
+            "TELEMETRY_GATEWAY_EVENTS_SINKS",
+        ),
+        (
+            &[("TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES", "0")],
+            "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut env = env.to_vec();
+        env.push((
+            "PORT",
+            env.iter()
+                .find(|(k, _)| *k == "PORT")
+                .map_or("0", |(_, v)| v),
+        ));
+        let output = run(&env, &[]);
+        assert!(!output.status.success(), "{env:?} must not start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{env:?}: stderr lacks {expected:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_configuration_reference_is_current() {
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .expect("docs/configuration.md exists");
+    assert_eq!(
+        committed,
+        telemetry_gateway::config_docs::render(),
+        "docs/configuration.md is stale: run `cargo xtask docs`"
+    );
+}

@@ -1,0 +1,142 @@
+//! HTTP diagnostics, gRPC health and reflection, all on the gRPC port.
+
+mod support;
+
+use std::sync::Arc;
+
+use telemetry_gateway_server::ServerOptions;
+use telemetry_gateway_testkit::RecordingSink;
+use telemetry_gateway_testkit::http::get;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use support::{Setup, TestGateway};
+
+async fn gateway_with_secret(sink: Arc<RecordingSink>, secret: Option<&str>) -> TestGateway {
+    TestGateway::start_with(Setup {
+        sink,
+        options: ServerOptions {
+            diagnostics_secret: secret.map(String::from),
+            version: "1.2.3-test".into(),
+            ..ServerOptions::default()
+        },
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn version_is_served_without_authentication() {
+    let gateway = gateway_with_secret(Arc::new(RecordingSink::new()), Some("s3cret")).await;
+    let response = get(gateway.addr, "/-/version", None)
+        .await
+        .expect("HTTP/1.1 works");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "1.2.3-test")
+    );
+}
+
+#[tokio::test]
+async fn healthz_follows_the_original_authentication_rules() {
+    let gateway = gateway_with_secret(Arc::new(RecordingSink::new()), Some("s3cret")).await;
+    let cases = [
+        (None, 401, "unauthorized"),
+        (Some("Bearer wrong"), 401, "unauthorized"),
+        (
+            Some("Bearer"),
+            400,
+            "token type missing in Authorization header",
+        ),
+        (Some("Basic s3cret"), 400, "invalid token scheme Basic"),
+        (Some("Bearer s3cret"), 200, "healthz: ok"),
+        (Some("bEaReR s3cret"), 200, "healthz: ok"),
+    ];
+    for (authorization, status, body) in cases {
+        let response = get(gateway.addr, "/-/healthz", authorization)
+            .await
+            .expect("served");
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (status, body),
+            "{authorization:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn healthz_is_open_without_a_secret_and_reports_the_sink() {
+    let sink = Arc::new(RecordingSink::new());
+    let gateway = gateway_with_secret(sink.clone(), None).await;
+    let healthy = get(gateway.addr, "/-/healthz", None).await.expect("served");
+    assert_eq!(
+        (healthy.status, healthy.body.as_str()),
+        (200, "healthz: ok")
+    );
+
+    sink.set_health(Err("topic does not exist".into()));
+    let unhealthy = get(gateway.addr, "/-/healthz", None).await.expect("served");
+    assert_eq!(
+        (unhealthy.status, unhealthy.body.as_str()),
+        (500, "healthz: recording: topic does not exist")
+    );
+}
+
+#[tokio::test]
+async fn grpc_health_reports_the_service_as_serving() {
+    let gateway = TestGateway::start(Arc::new(RecordingSink::new())).await;
+    let channel = gateway.channel().await;
+    let mut health = HealthClient::new(channel);
+    for service in ["", telemetry_gateway_proto::SERVICE_NAME] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers");
+        assert_eq!(
+            response.into_inner().status(),
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_the_gateway_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let gateway = TestGateway::start(Arc::new(RecordingSink::new())).await;
+    let channel = gateway.channel().await;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a response")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&telemetry_gateway_proto::SERVICE_NAME.to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}

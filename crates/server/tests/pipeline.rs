@@ -1,0 +1,261 @@
+//! The pure pipeline, table-tested against the original's own test cases (behaviour.md §8).
+
+use std::collections::BTreeMap;
+
+use prost_types::Struct;
+use telemetry_gateway_proto::v1::{Event, EventParameters};
+use telemetry_gateway_server::pipeline::{
+    BatchResult, EventPolicy, attributes, prepare_payload, summarize,
+};
+use telemetry_gateway_server::{Source, SourceKind};
+use telemetry_gateway_sink::PublishOutcome;
+use telemetry_gateway_testkit::events::{
+    managed_metadata, simple_event, simple_events, unlicensed_metadata,
+};
+
+fn unlicensed() -> Source {
+    Source::new(
+        SourceKind::UnlicensedInstance {
+            instance_id: "i".into(),
+            external_url: String::new(),
+        },
+        &unlicensed_metadata("i"),
+    )
+}
+
+fn managed() -> Source {
+    Source::new(
+        SourceKind::ManagedService {
+            service_id: "svc".into(),
+            environment: None,
+        },
+        &managed_metadata("svc"),
+    )
+}
+
+fn event_with(feature: &str, action: &str, parameters: Option<EventParameters>) -> Event {
+    Event {
+        feature: feature.into(),
+        action: action.into(),
+        parameters,
+        ..Event::default()
+    }
+}
+
+fn source_attribute(attrs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn attributes_match_the_original_cases() {
+    let basic = [
+        ("event.action", "chat"),
+        ("event.feature", "cody.feature"),
+        ("event.hasPrivateMetadata", "false"),
+        ("publisher.source", "unlicensed_instance"),
+    ];
+    // "basic"
+    assert_eq!(
+        attributes(&event_with("cody.feature", "chat", None), &unlicensed()),
+        source_attribute(&basic)
+    );
+
+    // "has privateMetadata": an empty Struct counts.
+    let with_private = EventParameters {
+        private_metadata: Some(Struct::default()),
+        ..Default::default()
+    };
+    let mut expected = source_attribute(&basic);
+    expected.insert("event.hasPrivateMetadata".into(), "true".into());
+    assert_eq!(
+        attributes(
+            &event_with("cody.feature", "chat", Some(with_private.clone())),
+            &unlicensed()
+        ),
+        expected
+    );
+
+    // "recordsPrivateMetadataTranscript"
+    let transcript = EventParameters {
+        metadata: BTreeMap::from([("recordsPrivateMetadataTranscript".into(), 1.0)]),
+        ..with_private
+    };
+    let mut expected_transcript = expected.clone();
+    expected_transcript.insert(
+        "event.recordsPrivateMetadataTranscript".into(),
+        "true".into(),
+    );
+    assert_eq!(
+        attributes(
+            &event_with("cody.feature", "chat", Some(transcript)),
+            &unlicensed()
+        ),
+        expected_transcript
+    );
+
+    // "metadata that don't get added to attributes"
+    let others = EventParameters {
+        metadata: BTreeMap::from([
+            ("anotherMetadata".into(), 3.0),
+            ("recordTranscript".into(), 1.0),
+            ("recordsPrivateMetadata".into(), 1.0),
+            ("recordsPrivateMetadataNegative".into(), -1.0),
+        ]),
+        ..Default::default()
+    };
+    assert_eq!(
+        attributes(
+            &event_with("cody.feature", "chat", Some(others)),
+            &unlicensed()
+        ),
+        source_attribute(&basic)
+    );
+}
+
+#[test]
+fn one_character_suffixes_qualify_unlike_the_original() {
+    let parameters = EventParameters {
+        metadata: BTreeMap::from([("recordsPrivateMetadataX".into(), 1.0)]),
+        ..Default::default()
+    };
+    let attrs = attributes(&event_with("a.b", "cd", Some(parameters)), &unlicensed());
+    assert_eq!(
+        attrs
+            .get("event.recordsPrivateMetadataX")
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[test]
+fn managed_services_are_published_under_their_service_id() {
+    let attrs = attributes(&event_with("a.b", "cd", None), &managed());
+    assert_eq!(attrs["publisher.source"], "svc");
+}
+
+fn summarize_with(
+    source: &Source,
+    events: Vec<Event>,
+    outcome: impl Fn(&str) -> PublishOutcome,
+) -> telemetry_gateway_server::pipeline::Summary {
+    let prepared = prepare_payload(events, source, &EventPolicy::default());
+    let outcomes: Vec<PublishOutcome> = prepared.events.iter().map(|e| outcome(&e.id)).collect();
+    summarize(prepared, &outcomes, source)
+}
+
+#[test]
+fn all_failed_is_a_complete_failure() {
+    let summary = summarize_with(&unlicensed(), simple_events("id", 5), |_| {
+        PublishOutcome::Retryable("event publish failed".into())
+    });
+    assert_eq!(summary.result, BatchResult::CompleteFailure);
+    assert_eq!(
+        summary.result.message(),
+        "all events in batch failed to submit"
+    );
+    assert!(summary.succeeded.is_empty());
+    assert_eq!(summary.failed.len(), 5);
+    assert!(
+        summary
+            .failed
+            .iter()
+            .all(|f| f.error == "event publish failed" && f.retryable)
+    );
+    assert!(
+        summary.failed[0]
+            .to_string()
+            .contains("feature:\"cody.chat\" action:\"submitted\" id:\"id-0\"")
+    );
+}
+
+#[test]
+fn some_failed_is_a_partial_failure() {
+    let summary = summarize_with(
+        &unlicensed(),
+        vec![simple_event("asdf"), simple_event("asdfasdf")],
+        |id| {
+            if id == "asdf" {
+                PublishOutcome::Retryable("oh no".into())
+            } else {
+                PublishOutcome::Delivered
+            }
+        },
+    );
+    assert_eq!(summary.result, BatchResult::PartialFailure);
+    assert_eq!(
+        summary.result.message(),
+        "some events in batch failed to submit"
+    );
+    assert_eq!(summary.succeeded, vec!["asdfasdf"]);
+    assert_eq!(summary.failed.len(), 1);
+}
+
+#[test]
+fn permanent_failures_are_acknowledged_for_instances_only() {
+    let events = vec![
+        simple_event("retriable"),
+        simple_event("ok"),
+        simple_event("unretriable"),
+    ];
+    let outcome = |id: &str| match id {
+        "retriable" => PublishOutcome::Retryable("oh no".into()),
+        "unretriable" => PublishOutcome::Permanent("unretriable error".into()),
+        _ => PublishOutcome::Delivered,
+    };
+    let instance = summarize_with(&unlicensed(), events.clone(), outcome);
+    assert_eq!(instance.result, BatchResult::PartialFailure);
+    assert_eq!(instance.succeeded, vec!["ok", "unretriable"]);
+    assert_eq!(instance.failed.len(), 1);
+    assert_eq!(instance.dropped.len(), 1);
+
+    let service = summarize_with(&managed(), events, outcome);
+    assert_eq!(service.succeeded, vec!["ok"]);
+    assert_eq!(service.failed.len(), 2);
+    assert!(!service.failed[1].retryable);
+}
+
+#[test]
+fn a_batch_of_only_permanent_failures_from_an_instance_is_a_success() {
+    let summary = summarize_with(&unlicensed(), simple_events("p", 3), |_| {
+        PublishOutcome::Permanent("bad".into())
+    });
+    assert_eq!(summary.result, BatchResult::Success);
+    assert_eq!(summary.succeeded.len(), 3);
+}
+
+#[test]
+fn all_succeeded_including_a_large_set() {
+    let summary = summarize_with(&unlicensed(), simple_events("n", 100), |_| {
+        PublishOutcome::Delivered
+    });
+    assert_eq!(summary.result, BatchResult::Success);
+    assert_eq!(
+        summary.result.message(),
+        "all events in batch submitted successfully"
+    );
+    assert_eq!(
+        summary.succeeded,
+        (0..100).map(|i| format!("n-{i}")).collect::<Vec<_>>()
+    );
+    assert!(summary.failed.is_empty());
+}
+
+#[test]
+fn an_empty_payload_is_not_a_failure() {
+    let summary = summarize_with(&unlicensed(), vec![], |_| PublishOutcome::Delivered);
+    assert_eq!(summary.result, BatchResult::Success);
+    assert_eq!(summary.submitted, 0);
+}
+
+#[test]
+fn a_missing_outcome_is_retryable_never_acknowledged() {
+    let source = unlicensed();
+    let prepared = prepare_payload(simple_events("m", 2), &source, &EventPolicy::default());
+    let summary = summarize(prepared, &[PublishOutcome::Delivered], &source);
+    assert_eq!(summary.succeeded, vec!["m-0"]);
+    assert_eq!(summary.failed.len(), 1);
+    assert!(summary.failed[0].retryable);
+}
