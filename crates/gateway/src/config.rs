@@ -110,8 +110,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Events")]
 pub struct EventsConfig {
-    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`). Default: `file`,
-    /// or `log` when `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=false` (the original's logging mode).
+    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`); with several, an
+    /// event is acknowledged only when every sink accepted it. Default: `file`, or `log` when
+    /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=false` (the original's logging mode).
     #[arg(
         long = "events-sinks",
         env = "TELEMETRY_GATEWAY_EVENTS_SINKS",
@@ -212,6 +213,25 @@ pub enum ConfigError {
     },
 }
 
+/// For a value rejected by clap, names the environment variable it came from (operators mostly
+/// configure by environment, and clap's message names only the flag).
+pub fn env_hint(err: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(flag)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?;
+    let command = Cli::command();
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?;
+    let env = arg.get_env()?.to_string_lossy().into_owned();
+    std::env::var_os(&env)
+        .is_some()
+        .then(|| format!("note: the value comes from the environment variable {env}"))
+}
+
 impl EventsConfig {
     /// The sinks to build, after defaults and consistency checks.
     pub fn selected_sinks(&self) -> Result<Vec<SinkKind>, ConfigError> {
@@ -233,13 +253,12 @@ impl EventsConfig {
         } else {
             vec![SinkKind::File]
         };
-        sinks.dedup();
-        if sinks.len() > 1 {
-            return Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_SINKS",
-                message: "only one sink at a time is supported in this version".into(),
-            });
-        }
+        let mut seen = Vec::new();
+        sinks.retain(|kind| {
+            let first = !seen.contains(kind);
+            seen.push(*kind);
+            first
+        });
         if self.file_max_bytes == 0 {
             return Err(ConfigError::Invalid {
                 setting: "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod config_docs;
 pub mod logging;
+pub mod sinks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,10 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_server::{EventGateway, EventPolicy, NotConfigured, ServerOptions};
-use telemetry_gateway_sink::{DiscardSink, EventSink, FileSink, FileSinkConfig, LogSink};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, EventsConfig, LicenseConfig, SinkKind};
+use crate::config::{Config, LicenseConfig};
 
 /// Builds the license verifier the configuration asks for.
 pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifier> {
@@ -30,32 +30,10 @@ pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifie
     Ok(LicenseVerifier::production())
 }
 
-/// Builds the sink the configuration asks for.
-pub fn event_sink(config: &EventsConfig) -> anyhow::Result<Arc<dyn EventSink>> {
-    let sinks = config.selected_sinks()?;
-    let kind = sinks.first().copied().unwrap_or(SinkKind::File);
-    Ok(match kind {
-        SinkKind::File => Arc::new(
-            FileSink::open(FileSinkConfig {
-                dir: config.file_dir.clone(),
-                max_file_bytes: config.file_max_bytes,
-            })
-            .context("TELEMETRY_GATEWAY_EVENTS_FILE_DIR")?,
-        ),
-        SinkKind::Log => Arc::new(LogSink::new()),
-        SinkKind::Discard => {
-            tracing::warn!(
-                "the discard sink acknowledges events and drops them: use it only for benchmarks"
-            );
-            Arc::new(DiscardSink::new())
-        }
-    })
-}
-
 /// Runs the gateway until `shutdown` completes, then drains and closes the sink.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let licenses = license_verifier(&config.license)?;
-    let sink = event_sink(&config.events)?;
+    let sink = sinks::build(&config.events).await?;
     let policy = EventPolicy {
         fingerprint_license_keys: config.events.fingerprint_license_keys,
         reject_expired_licenses: config.license.reject_expired_licenses,

@@ -1,11 +1,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use telemetry_gateway::config::{Cli, Command};
+use telemetry_gateway::config::{self, Cli, Command};
 use telemetry_gateway::{config_docs, logging, run, shutdown_signal};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let hint = config::env_hint(&err);
+            let _ = err.print();
+            if let Some(hint) = hint {
+                eprintln!("{hint}");
+            }
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        }
+    };
     match cli.command {
         Some(Command::ConfigDocs) => {
             print!("{}", config_docs::render());

@@ -184,14 +184,30 @@ async fn diagnostics_are_served_on_the_grpc_port() {
     assert_eq!((health.status, health.body.as_str()), (200, "healthz: ok"));
 }
 
+/// Runs the binary to completion; a process still running after 20 s (a gateway that started
+/// when it should have refused to) is killed and fails the test.
 fn run(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(BIN);
-    command.current_dir(dir.path()).env_clear().args(args);
+    command
+        .current_dir(dir.path())
+        .env_clear()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
     }
-    command.output().expect("the binary runs")
+    let mut child = command.spawn().expect("the binary runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("telemetry-gateway {args:?} with {env:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 #[test]
@@ -266,7 +282,7 @@ fn inconsistent_configuration_fails_at_start_naming_the_variable() {
         ),
         (&[("PORT", "not-a-port")], "PORT"),
         (
-            &[("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,log")],
+            &[("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,kafka")],
             "TELEMETRY_GATEWAY_EVENTS_SINKS",
         ),
         (

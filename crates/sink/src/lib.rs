@@ -15,10 +15,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod discard;
+pub mod fanout;
 pub mod file;
 pub mod log;
 
 pub use discard::DiscardSink;
+pub use fanout::FanoutSink;
 pub use file::{FileSink, FileSinkConfig};
 pub use log::LogSink;
 

@@ -1,0 +1,42 @@
+//! Builds the configured sinks; several are combined into a fan-out.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use telemetry_gateway_sink::{
+    DiscardSink, EventSink, FanoutSink, FileSink, FileSinkConfig, LogSink,
+};
+
+use crate::config::{EventsConfig, SinkKind};
+
+/// The sink (or fan-out of sinks) the configuration asks for.
+pub async fn build(config: &EventsConfig) -> anyhow::Result<Arc<dyn EventSink>> {
+    let mut sinks = Vec::new();
+    for kind in config.selected_sinks()? {
+        sinks.push(build_one(kind, config).await?);
+    }
+    Ok(if sinks.len() == 1 {
+        sinks.remove(0)
+    } else {
+        Arc::new(FanoutSink::new(sinks))
+    })
+}
+
+async fn build_one(kind: SinkKind, config: &EventsConfig) -> anyhow::Result<Arc<dyn EventSink>> {
+    Ok(match kind {
+        SinkKind::File => Arc::new(
+            FileSink::open(FileSinkConfig {
+                dir: config.file_dir.clone(),
+                max_file_bytes: config.file_max_bytes,
+            })
+            .context("TELEMETRY_GATEWAY_EVENTS_FILE_DIR")?,
+        ),
+        SinkKind::Log => Arc::new(LogSink::new()),
+        SinkKind::Discard => {
+            tracing::warn!(
+                "the discard sink acknowledges events and drops them: use it only for benchmarks"
+            );
+            Arc::new(DiscardSink::new())
+        }
+    })
+}

@@ -1,0 +1,118 @@
+//! Several sinks at once (for example Pub/Sub and BigQuery during a migration).
+//!
+//! Every event goes to every sink, concurrently. An event is `Delivered` only when every sink
+//! delivered it; otherwise the sender retries it, and sinks that already delivered it see it
+//! again (at-least-once delivery; downstream de-duplicates by event ID).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+
+use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+
+/// Delivers each batch to all of its sinks.
+pub struct FanoutSink {
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl FanoutSink {
+    /// Fans out to `sinks`, which must not be empty.
+    pub fn new(sinks: Vec<Arc<dyn EventSink>>) -> FanoutSink {
+        assert!(!sinks.is_empty(), "a fan-out needs at least one sink");
+        FanoutSink { sinks }
+    }
+}
+
+/// Combines one event's outcomes from several sinks: any retryable failure makes the event
+/// retryable (a retry may succeed everywhere); otherwise any permanent failure is permanent.
+pub fn combine_outcomes<'a>(
+    outcomes: impl IntoIterator<Item = (&'a str, &'a PublishOutcome)>,
+) -> PublishOutcome {
+    let mut retryable = Vec::new();
+    let mut permanent = Vec::new();
+    for (sink, outcome) in outcomes {
+        match outcome {
+            PublishOutcome::Delivered => {}
+            PublishOutcome::Retryable(reason) => retryable.push(format!("{sink}: {reason}")),
+            PublishOutcome::Permanent(reason) => permanent.push(format!("{sink}: {reason}")),
+        }
+    }
+    if !retryable.is_empty() {
+        retryable.extend(permanent);
+        PublishOutcome::Retryable(retryable.join("; "))
+    } else if !permanent.is_empty() {
+        PublishOutcome::Permanent(permanent.join("; "))
+    } else {
+        PublishOutcome::Delivered
+    }
+}
+
+#[async_trait]
+impl EventSink for FanoutSink {
+    fn name(&self) -> &'static str {
+        "fanout"
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.sinks.iter().map(|sink| sink.describe()).collect();
+        format!("all of: {}", parts.join("; "))
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        let per_sink = join_all(self.sinks.iter().map(|sink| sink.publish(events))).await;
+        (0..events.len())
+            .map(|i| {
+                combine_outcomes(self.sinks.iter().zip(&per_sink).map(|(sink, outcomes)| {
+                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(String::new());
+                    (sink.name(), outcomes.get(i).unwrap_or(MISSING))
+                }))
+            })
+            .collect()
+    }
+
+    async fn health(&self) -> Result<(), SinkError> {
+        for result in join_all(self.sinks.iter().map(|sink| sink.health())).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        let mut first_error = None;
+        for result in join_all(self.sinks.iter().map(|sink| sink.shutdown())).await {
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_delivered_only_when_every_sink_delivered_it() {
+        let delivered = PublishOutcome::Delivered;
+        let retry = PublishOutcome::Retryable("timeout".into());
+        let reject = PublishOutcome::Permanent("invalid row".into());
+        assert_eq!(
+            combine_outcomes([("a", &delivered), ("b", &delivered)]),
+            PublishOutcome::Delivered
+        );
+        assert_eq!(
+            combine_outcomes([("a", &delivered), ("b", &retry)]),
+            PublishOutcome::Retryable("b: timeout".into())
+        );
+        assert_eq!(
+            combine_outcomes([("a", &reject), ("b", &delivered)]),
+            PublishOutcome::Permanent("a: invalid row".into())
+        );
+        assert_eq!(
+            combine_outcomes([("a", &reject), ("b", &retry)]),
+            PublishOutcome::Retryable("b: timeout; a: invalid row".into())
+        );
+    }
+}
