@@ -1,4 +1,5 @@
-//! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`.
+//! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`,
+//! `cargo xtask bench`.
 //!
 //! Nothing at runtime depends on this crate, and it depends on none of ours: code generation must
 //! work even when the checked-in generated code is stale or broken.
@@ -8,6 +9,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Telemetry Gateway project chores")]
@@ -24,6 +27,8 @@ enum Chore {
         #[arg(long)]
         check: bool,
     },
+    /// Benchmark the gateway with the load generator (release build, pinned cores).
+    Bench(bench::BenchArgs),
     /// Regenerate `docs/configuration.md` from the gateway's setting definitions.
     Docs {
         /// Fail if the checked-in document is stale.
@@ -44,6 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Chore::Codegen { check } => codegen(&root, check),
         Chore::Docs { check } => docs(&root, check),
+        Chore::Bench(args) => bench::bench(&root, args),
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use telemetry_gateway_sink::BigQuerySinkConfig;
+use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
 
 /// Telemetry Gateway: receives telemetry events from Sourcegraph instances and managed services
 /// and forwards them to the configured sinks, acknowledging exactly the events handed off.
@@ -24,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve,
+    /// Send events read as proto3 JSON lines to a gateway and report which were recorded.
+    Send(Box<crate::send::SendArgs>),
     /// Print the configuration reference (docs/configuration.md) and exit.
     #[command(hide = true)]
     ConfigDocs,
@@ -40,6 +44,8 @@ pub struct Config {
     pub events: EventsConfig,
     #[command(flatten)]
     pub license: LicenseConfig,
+    #[command(flatten)]
+    pub sams: SamsConfig,
 
     /// Print "Sanity check passed, exiting without error" and exit 0 (a container smoke test).
     #[arg(long, env = "SANITY_CHECK", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set, help_heading = "Server")]
@@ -110,9 +116,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Events")]
 pub struct EventsConfig {
-    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`); with several, an
-    /// event is acknowledged only when every sink accepted it. Default: `file`, or `log` when
-    /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=false` (the original's logging mode).
+    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`, `pubsub`, `bigquery`); with several, an
+    /// event is acknowledged only when every sink accepted it. Default: `pubsub` when
+    /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=true` (or unset with a Pub/Sub project or topic
+    /// set), `log` when it is `false` (the original's logging mode), else `file`.
     #[arg(
         long = "events-sinks",
         env = "TELEMETRY_GATEWAY_EVENTS_SINKS",
@@ -121,8 +128,8 @@ pub struct EventsConfig {
     )]
     pub sinks: Vec<SinkKind>,
 
-    /// Publish events to Pub/Sub (not available in this version: setting it true is refused at
-    /// start-up); `false` selects the log sink, as in the original.
+    /// Publish events to Pub/Sub (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID` and `_TOPIC_ID` are
+    /// then required); `false` selects the log sink, as in the original.
     #[arg(long = "events-pubsub-enabled", env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub pubsub_enabled: Option<bool>,
 
@@ -140,6 +147,30 @@ pub struct EventsConfig {
     )]
     pub pubsub_topic_id: Option<String>,
 
+    /// How many events of one payload may await Pub/Sub's acknowledgement at once; 0 or less
+    /// means 250, as in the original.
+    #[arg(
+        long = "events-stream-publish-concurrency",
+        env = "TELEMETRY_GATEWAY_EVENTS_STREAM_PUBLISH_CONCURRENCY",
+        default_value_t = 250,
+        allow_negative_numbers = true
+    )]
+    pub publish_concurrency: i64,
+
+    /// Longest wait, in seconds, for Pub/Sub to acknowledge a payload's events; events still
+    /// unacknowledged are left out of the response, and the sender retries them.
+    #[arg(
+        long = "events-pubsub-publish-timeout-seconds",
+        env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub pubsub_publish_timeout_seconds: u64,
+
+    /// `host:port` of a Pub/Sub emulator: publish there in plaintext without credentials.
+    /// Unset: Google's endpoint with application default credentials.
+    #[arg(long = "pubsub-emulator-host", env = "PUBSUB_EMULATOR_HOST")]
+    pub pubsub_emulator_host: Option<String>,
+
     /// Directory of the file sink's NDJSON files (created if missing).
     #[arg(
         long = "events-file-dir",
@@ -151,6 +182,47 @@ pub struct EventsConfig {
     /// Size at which the file sink starts a new file, in bytes.
     #[arg(long = "events-file-max-bytes", env = "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub file_max_bytes: u64,
+
+    /// Google Cloud project of the BigQuery table events are inserted into.
+    #[arg(
+        long = "events-bigquery-project-id",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID"
+    )]
+    pub bigquery_project_id: Option<String>,
+
+    /// BigQuery dataset of the events table.
+    #[arg(
+        long = "events-bigquery-dataset-id",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID"
+    )]
+    pub bigquery_dataset_id: Option<String>,
+
+    /// BigQuery table events are inserted into, one row per event (schema:
+    /// `deploy/bigquery/events.schema.json`). Setting it selects the `bigquery` sink when
+    /// `TELEMETRY_GATEWAY_EVENTS_SINKS` is not set.
+    #[arg(
+        long = "events-bigquery-table-id",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID"
+    )]
+    pub bigquery_table_id: Option<String>,
+
+    /// BigQuery v2 base URL replacing Google's (for emulators and tests, e.g.
+    /// `http://127.0.0.1:9050/bigquery/v2`); a fake access token is sent to it. Unset: Google's
+    /// endpoint with application default credentials.
+    #[arg(
+        long = "events-bigquery-endpoint",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT"
+    )]
+    pub bigquery_endpoint: Option<String>,
+
+    /// How long one BigQuery insertAll request (or health check) may take before its events
+    /// count as not delivered (retryable), in seconds.
+    #[arg(
+        long = "events-bigquery-request-timeout-seconds",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub bigquery_request_timeout_seconds: u64,
 
     /// Replace the raw license key in published metadata by `sha256:<hex>` of it (opt-in; changes
     /// what downstream consumers receive).
@@ -167,6 +239,10 @@ pub enum SinkKind {
     Log,
     /// Drops every event but acknowledges it: a benchmarking aid, never for production.
     Discard,
+    /// One message per event on a Pub/Sub topic (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_*`).
+    Pubsub,
+    /// One row per event in a BigQuery table (`TELEMETRY_GATEWAY_EVENTS_BIGQUERY_*`).
+    Bigquery,
 }
 
 /// How license keys are checked.
@@ -195,6 +271,87 @@ pub struct LicenseConfig {
     /// events and acknowledge the rest without forwarding them.
     #[arg(long, env = "TELEMETRY_GATEWAY_LICENSE_ENFORCE_EXPORT_TAGS", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub enforce_export_tags: bool,
+}
+
+/// How managed services' SAMS tokens are checked.
+#[derive(Clone, Args)]
+#[command(next_help_heading = "Managed services")]
+pub struct SamsConfig {
+    /// External URL of SAMS (Sourcegraph Accounts), where managed services' tokens are checked.
+    #[arg(
+        long,
+        env = "SAMS_URL",
+        default_value = "https://accounts.sourcegraph.com"
+    )]
+    pub sams_url: String,
+
+    /// SAMS API URL replacing `SAMS_URL` for the gateway's calls (`/oauth/token`, `/api/grpc`).
+    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_SERVER_URL")]
+    pub sams_server_url: Option<String>,
+
+    /// The gateway's own SAMS client ID; set with the secret to accept managed services. With
+    /// neither set, managed-service calls are refused with `Unauthenticated`.
+    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_CLIENT_ID")]
+    pub sams_client_id: Option<String>,
+
+    /// The gateway's own SAMS client secret; required when the client ID is set.
+    #[arg(
+        long,
+        env = "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub sams_client_secret: Option<String>,
+}
+
+// The secret never reaches a log through `{:?}`.
+impl std::fmt::Debug for SamsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamsConfig")
+            .field("sams_url", &self.sams_url)
+            .field("sams_server_url", &self.sams_server_url)
+            .field("sams_client_id", &self.sams_client_id)
+            .field(
+                "sams_client_secret",
+                &self.sams_client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The SAMS client credentials, when managed services are enabled.
+#[derive(Clone)]
+pub struct SamsCredentials {
+    /// The API URL the gateway calls.
+    pub api_url: String,
+    /// The gateway's client ID.
+    pub client_id: String,
+    /// The gateway's client secret.
+    pub client_secret: String,
+}
+
+impl SamsConfig {
+    /// The credentials, `None` when neither is set; only one of them set is an error naming
+    /// the missing one.
+    pub fn credentials(&self) -> Result<Option<SamsCredentials>, ConfigError> {
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let api_url = set(&self.sams_server_url).unwrap_or_else(|| self.sams_url.clone());
+        match (set(&self.sams_client_id), set(&self.sams_client_secret)) {
+            (None, None) => Ok(None),
+            (Some(client_id), Some(client_secret)) => Ok(Some(SamsCredentials {
+                api_url,
+                client_id,
+                client_secret,
+            })),
+            (Some(_), None) => Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
+                message: "required when TELEMETRY_GATEWAY_SAMS_CLIENT_ID is set".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_SAMS_CLIENT_ID",
+                message: "required when TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET is set".into(),
+            }),
+        }
+    }
 }
 
 /// A configuration that cannot work, naming the setting to fix.
@@ -238,21 +395,26 @@ impl EventsConfig {
         let pubsub_requested = self.pubsub_enabled == Some(true)
             || (self.pubsub_enabled.is_none()
                 && (self.pubsub_project_id.is_some() || self.pubsub_topic_id.is_some()));
-        if pubsub_requested {
-            return Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED",
-                message: "the Pub/Sub sink is not available in this version of the gateway; \
-                          unset the TELEMETRY_GATEWAY_EVENTS_PUBSUB_* settings to use the file sink"
-                    .into(),
-            });
-        }
         let mut sinks = if !self.sinks.is_empty() {
             self.sinks.clone()
+        } else if pubsub_requested {
+            vec![SinkKind::Pubsub]
         } else if self.pubsub_enabled == Some(false) {
             vec![SinkKind::Log]
         } else {
             vec![SinkKind::File]
         };
+        if self.sinks.is_empty() && self.bigquery_table_id.is_some() {
+            // A configured table is a cloud sink: it replaces the embedded file default.
+            sinks.retain(|kind| *kind != SinkKind::File);
+            sinks.push(SinkKind::Bigquery);
+        }
+        if sinks.contains(&SinkKind::Bigquery) {
+            self.bigquery_sink()?;
+        }
+        if sinks.contains(&SinkKind::Pubsub) {
+            self.pubsub_sink()?;
+        }
         let mut seen = Vec::new();
         sinks.retain(|kind| {
             let first = !seen.contains(kind);
@@ -266,6 +428,81 @@ impl EventsConfig {
             });
         }
         Ok(sinks)
+    }
+}
+
+impl EventsConfig {
+    /// The Pub/Sub sink's settings; project and topic must both be set.
+    pub fn pubsub_sink(&self) -> Result<PubSubSinkConfig, ConfigError> {
+        let required = |value: &Option<String>, setting: &'static str| match value {
+            Some(value) if !value.trim().is_empty() => Ok(value.clone()),
+            _ => Err(ConfigError::Invalid {
+                setting,
+                message: "required by the pubsub sink".into(),
+            }),
+        };
+        if self.pubsub_publish_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
+                message: "must be greater than 0".into(),
+            });
+        }
+        let mut config = PubSubSinkConfig::new(
+            required(
+                &self.pubsub_project_id,
+                "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
+            )?,
+            required(
+                &self.pubsub_topic_id,
+                "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
+            )?,
+        );
+        config.emulator_host = self
+            .pubsub_emulator_host
+            .clone()
+            .filter(|host| !host.trim().is_empty());
+        config.publish_concurrency = publish_concurrency(self.publish_concurrency);
+        config.publish_timeout =
+            std::time::Duration::from_secs(self.pubsub_publish_timeout_seconds);
+        Ok(config)
+    }
+
+    /// The BigQuery sink's settings; project, dataset and table must all be set.
+    pub fn bigquery_sink(&self) -> Result<BigQuerySinkConfig, ConfigError> {
+        let required = |value: &Option<String>, setting: &'static str| match value {
+            Some(value) if !value.trim().is_empty() => Ok(value.clone()),
+            _ => Err(ConfigError::Invalid {
+                setting,
+                message: "required by the bigquery sink".into(),
+            }),
+        };
+        let mut config = BigQuerySinkConfig::new(
+            required(
+                &self.bigquery_project_id,
+                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            )?,
+            required(
+                &self.bigquery_dataset_id,
+                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
+            )?,
+            required(
+                &self.bigquery_table_id,
+                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+            )?,
+        );
+        if self.bigquery_request_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
+                message: "must be greater than 0".into(),
+            });
+        }
+        config.request_timeout =
+            std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
+        config.endpoint = self
+            .bigquery_endpoint
+            .clone()
+            .filter(|endpoint| !endpoint.trim().is_empty());
+        Ok(config)
     }
 }
 

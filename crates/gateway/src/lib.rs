@@ -4,6 +4,7 @@
 pub mod config;
 pub mod config_docs;
 pub mod logging;
+pub mod send;
 pub mod sinks;
 
 use std::future::Future;
@@ -11,10 +12,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use telemetry_gateway_auth::LicenseVerifier;
-use telemetry_gateway_server::{EventGateway, EventPolicy, NotConfigured, ServerOptions};
+use telemetry_gateway_auth::sams::SamsClientConfig;
+use telemetry_gateway_server::{
+    EventGateway, EventPolicy, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer,
+    ServerOptions,
+};
 use tokio::net::TcpListener;
 
-use crate::config::{Config, LicenseConfig};
+use crate::config::{Config, LicenseConfig, SamsConfig};
 
 /// Builds the license verifier the configuration asks for.
 pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifier> {
@@ -30,21 +35,43 @@ pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifie
     Ok(LicenseVerifier::production())
 }
 
+/// Builds the managed-service check: SAMS introspection with client credentials, or
+/// [`NotConfigured`] without them.
+pub fn managed_authorizer(
+    config: &SamsConfig,
+) -> anyhow::Result<Arc<dyn ManagedServiceAuthorizer>> {
+    let Some(credentials) = config.credentials()? else {
+        tracing::info!(
+            "SAMS client credentials are not set: managed-service calls will be refused"
+        );
+        return Ok(Arc::new(NotConfigured));
+    };
+    let url_setting = if config.sams_server_url.is_some() {
+        "TELEMETRY_GATEWAY_SAMS_SERVER_URL"
+    } else {
+        "SAMS_URL"
+    };
+    tracing::info!(sams = %credentials.api_url, clientID = %credentials.client_id, "managed services authenticate with SAMS");
+    let authorizer = SamsAuthorizer::new(SamsClientConfig::new(
+        credentials.api_url,
+        credentials.client_id,
+        credentials.client_secret,
+    ))
+    .context(url_setting)?;
+    Ok(Arc::new(authorizer))
+}
+
 /// Runs the gateway until `shutdown` completes, then drains and closes the sink.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let licenses = license_verifier(&config.license)?;
+    let managed = managed_authorizer(&config.sams)?;
     let sink = sinks::build(&config.events).await?;
     let policy = EventPolicy {
         fingerprint_license_keys: config.events.fingerprint_license_keys,
         reject_expired_licenses: config.license.reject_expired_licenses,
         enforce_export_tags: config.license.enforce_export_tags,
     };
-    let gateway = Arc::new(EventGateway::new(
-        sink.clone(),
-        licenses,
-        Arc::new(NotConfigured),
-        policy,
-    ));
+    let gateway = Arc::new(EventGateway::new(sink.clone(), licenses, managed, policy));
     if config.server.diagnostics_secret.is_none() {
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             print!("{}", config_docs::render());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Send(args)) => return telemetry_gateway::send::run(*args),
         Some(Command::Serve) | None => {}
     }
     let config = cli.config;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use telemetry_gateway_sink::{
-    DiscardSink, EventSink, FanoutSink, FileSink, FileSinkConfig, LogSink,
+    BigQuerySink, DiscardSink, EventSink, FanoutSink, FileSink, FileSinkConfig, LogSink, PubSubSink,
 };
 
 use crate::config::{EventsConfig, SinkKind};
@@ -38,5 +38,15 @@ async fn build_one(kind: SinkKind, config: &EventsConfig) -> anyhow::Result<Arc<
             );
             Arc::new(DiscardSink::new())
         }
+        SinkKind::Pubsub => Arc::new(
+            PubSubSink::connect(config.pubsub_sink()?)
+                .await
+                .context("TELEMETRY_GATEWAY_EVENTS_PUBSUB_*")?,
+        ),
+        SinkKind::Bigquery => Arc::new(
+            BigQuerySink::connect(config.bigquery_sink()?)
+                .await
+                .context("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_*")?,
+        ),
     })
 }

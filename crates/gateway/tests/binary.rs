@@ -184,6 +184,56 @@ async fn diagnostics_are_served_on_the_grpc_port() {
     assert_eq!((health.status, health.body.as_str()), (200, "healthz: ok"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_services_are_checked_at_the_configured_sams() {
+    use telemetry_gateway_proto::v1::RecordEventRequest;
+    use telemetry_gateway_testkit::events::{managed_metadata, simple_event};
+    use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
+
+    let sams = FakeSams::start().await;
+    sams.grant(
+        "svc-token",
+        TokenGrant::active(&["telemetry_gateway::events::write"]),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = sams.url();
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &[
+            ("PORT", "0"),
+            // The server URL overrides SAMS_URL, which points nowhere.
+            ("SAMS_URL", "http://127.0.0.1:1"),
+            ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
+            ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
+            ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
+        ],
+    );
+    let addr = gateway.address();
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let call = |token: &str, id: &str| {
+        let mut request = tonic::Request::new(RecordEventRequest {
+            metadata: Some(managed_metadata("my-service")),
+            event: Some(simple_event(id)),
+        });
+        let value = format!("Bearer {token}").parse().expect("ASCII");
+        request.metadata_mut().insert("authorization", value);
+        request
+    };
+    client
+        .record_event(call("svc-token", "managed-1"))
+        .await
+        .expect("a valid token is accepted");
+    let refused = client
+        .record_event(call("unknown-token", "managed-2"))
+        .await
+        .expect_err("an unknown token is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(refused.message(), "permission denied");
+    assert_eq!((sams.token_calls(), sams.introspection_calls()), (1, 2));
+}
+
 /// Runs the binary to completion; a process still running after 20 s (a gateway that started
 /// when it should have refused to) is killed and fails the test.
 fn run(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
@@ -228,13 +278,25 @@ fn help_lists_every_setting() {
         "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED",
         "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
         "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
+        "TELEMETRY_GATEWAY_EVENTS_STREAM_PUBLISH_CONCURRENCY",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
+        "PUBSUB_EMULATOR_HOST",
         "TELEMETRY_GATEWAY_EVENTS_FILE_DIR",
         "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
         "TELEMETRY_GATEWAY_EVENTS_FINGERPRINT_LICENSE_KEYS",
         "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY",
         "SOURCEGRAPH_LICENSE_GENERATION_KEY",
         "TELEMETRY_GATEWAY_LICENSE_REJECT_EXPIRED",
         "TELEMETRY_GATEWAY_LICENSE_ENFORCE_EXPORT_TAGS",
+        "SAMS_URL",
+        "TELEMETRY_GATEWAY_SAMS_SERVER_URL",
+        "TELEMETRY_GATEWAY_SAMS_CLIENT_ID",
+        "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
         "SANITY_CHECK",
     ] {
         assert!(
@@ -260,7 +322,18 @@ fn inconsistent_configuration_fails_at_start_naming_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (
             &[("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", "true")],
-            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED",
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID: required by the pubsub sink",
+        ),
+        (
+            &[("TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID", "project")],
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID: required by the pubsub sink",
+        ),
+        (
+            &[
+                ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,pubsub"),
+                ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID", "events"),
+            ],
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID: required by the pubsub sink",
         ),
         (
             &[
@@ -288,6 +361,22 @@ fn inconsistent_configuration_fails_at_start_naming_the_variable() {
         (
             &[("TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES", "0")],
             "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
+        ),
+        (
+            &[("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", "sams_cid_x")],
+            "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET: required when TELEMETRY_GATEWAY_SAMS_CLIENT_ID is set",
+        ),
+        (
+            &[("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", "secret")],
+            "TELEMETRY_GATEWAY_SAMS_CLIENT_ID: required when TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET is set",
+        ),
+        (
+            &[
+                ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", "sams_cid_x"),
+                ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", "secret"),
+                ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", "not a url"),
+            ],
+            "TELEMETRY_GATEWAY_SAMS_SERVER_URL",
         ),
     ];
     for (env, expected) in cases {

@@ -7,11 +7,15 @@
 //!
 //! It knows nothing of servers, sinks or authentication: its only networking code is the
 //! generated tonic client and server glue, which is transport-agnostic.
+//! With the `client` feature it also offers `client`, an exporter that sends events to a
+//! gateway over TLS (the default build has no networking code).
 
 use std::sync::LazyLock;
 
 use prost_reflect::DescriptorPool;
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod event_id;
 pub mod json;
 pub mod migrate;

@@ -27,7 +27,7 @@ pub mod source;
 
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
-pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured};
+pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
 pub use pipeline::EventPolicy;
 pub use service::{EventGateway, GrpcService};
 pub use source::{Source, SourceKind};

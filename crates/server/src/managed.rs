@@ -1,11 +1,15 @@
 //! The managed-service check: who may send events as a managed service.
 //!
 //! The gateway asks a [`ManagedServiceAuthorizer`] whether the caller's gRPC metadata carries a
-//! token allowed to write events. SAMS token introspection plugs in here; without SAMS client
-//! credentials the gateway uses [`NotConfigured`], which refuses every managed-service call with
-//! a message saying what is missing.
+//! token allowed to write events. [`SamsAuthorizer`] reads the bearer token and asks SAMS, with
+//! the status codes and messages of the original (`reference/behaviour.md` §2.6); without SAMS
+//! client credentials the gateway uses [`NotConfigured`], which refuses every managed-service
+//! call with a message saying what is missing.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use telemetry_gateway_auth::sams::{SamsClient, SamsClientConfig, SamsError, WRITE_EVENTS_SCOPE};
 use tonic::Code;
 use tonic::metadata::MetadataMap;
 
@@ -71,5 +75,197 @@ impl ManagedServiceAuthorizer for NotConfigured {
         Err(ManagedAuthError::NotConfigured(
             NOT_CONFIGURED_MESSAGE.to_string(),
         ))
+    }
+}
+
+/// Checks managed-service callers' SAMS tokens: present as `authorization: Bearer <token>`,
+/// active, and carrying `telemetry_gateway::events::write`.
+#[derive(Debug, Clone)]
+pub struct SamsAuthorizer {
+    client: Arc<SamsClient>,
+}
+
+impl SamsAuthorizer {
+    /// An authorizer asking the SAMS that `config` describes.
+    pub fn new(config: SamsClientConfig) -> Result<SamsAuthorizer, SamsError> {
+        Ok(SamsAuthorizer::with_client(Arc::new(SamsClient::new(
+            config,
+        )?)))
+    }
+
+    /// An authorizer sharing an existing client (and its cache).
+    pub fn with_client(client: Arc<SamsClient>) -> SamsAuthorizer {
+        SamsAuthorizer { client }
+    }
+}
+
+#[async_trait]
+impl ManagedServiceAuthorizer for SamsAuthorizer {
+    async fn authorize(&self, metadata: &MetadataMap) -> Result<(), ManagedAuthError> {
+        let token = bearer_token(metadata)?;
+        let introspection = match self.client.introspect(&token).await {
+            Ok(introspection) => introspection,
+            Err(err) if err.is_canceled() => return Err(ManagedAuthError::Canceled),
+            Err(err) => {
+                tracing::error!(error = %err, "samsClient.IntrospectToken failed");
+                return Err(ManagedAuthError::IntrospectionFailed);
+            }
+        };
+        if !introspection.active {
+            tracing::warn!(clientID = %introspection.client_id, "inactive token");
+            return Err(ManagedAuthError::PermissionDenied);
+        }
+        if !introspection.allows(WRITE_EVENTS_SCOPE) {
+            tracing::error!(
+                clientID = %introspection.client_id,
+                error = format!(
+                    "got scopes [{}], required: {WRITE_EVENTS_SCOPE}",
+                    introspection.scopes.join(" ")
+                ),
+                "attempt to authenticate using SAMS token without required scope"
+            );
+            return Err(ManagedAuthError::PermissionDenied);
+        }
+        tracing::debug!(clientID = %introspection.client_id, "SAMS token accepted");
+        Ok(())
+    }
+}
+
+/// Metadata keys set by gRPC and HTTP/2 themselves; a request carrying only these has no
+/// metadata of its own (what Go's `metadata.FromIncomingContext` would not find).
+fn is_transport_key(key: &str) -> bool {
+    matches!(key, "te" | "content-type" | "user-agent") || key.starts_with("grpc-")
+}
+
+/// The bearer token of the `authorization` metadata, by the original's rules and messages.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<String, ManagedAuthError> {
+    let has_own_metadata = metadata.keys().any(|key| {
+        let name = match key {
+            tonic::metadata::KeyRef::Ascii(key) => key.as_str(),
+            tonic::metadata::KeyRef::Binary(key) => key.as_str(),
+        };
+        !is_transport_key(name)
+    });
+    if !has_own_metadata {
+        return Err(ManagedAuthError::NoTokenHeader);
+    }
+    let mut values = metadata.get_all("authorization").iter();
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) if !value.as_bytes().is_empty() => value,
+        _ => return Err(ManagedAuthError::NoTokenHeaderValue),
+    };
+    let header = String::from_utf8_lossy(value.as_bytes());
+    let Some((kind, token)) = header.split_once(' ') else {
+        return Err(ManagedAuthError::InvalidTokenHeader(
+            "token type missing in Authorization header".into(),
+        ));
+    };
+    if !kind.eq_ignore_ascii_case("bearer") {
+        return Err(ManagedAuthError::InvalidTokenHeader(format!(
+            "invalid token type {kind} in Authorization header"
+        )));
+    }
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn metadata(entries: &[(&'static str, &'static str)]) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        for (key, value) in entries {
+            map.append(*key, MetadataValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_token_follows_the_original_rules() {
+        let header = |m: &str| Err(ManagedAuthError::InvalidTokenHeader(m.into()));
+        let cases: Vec<(MetadataMap, Result<String, ManagedAuthError>)> = vec![
+            (MetadataMap::new(), Err(ManagedAuthError::NoTokenHeader)),
+            (
+                metadata(&[("content-type", "application/grpc"), ("te", "trailers")]),
+                Err(ManagedAuthError::NoTokenHeader),
+            ),
+            (
+                metadata(&[("somethingelse", "foobar")]),
+                Err(ManagedAuthError::NoTokenHeaderValue),
+            ),
+            (
+                metadata(&[("authorization", "")]),
+                Err(ManagedAuthError::NoTokenHeaderValue),
+            ),
+            (
+                metadata(&[("authorization", "bearer a"), ("authorization", "bearer b")]),
+                Err(ManagedAuthError::NoTokenHeaderValue),
+            ),
+            (
+                metadata(&[("authorization", "bearer")]),
+                header("token type missing in Authorization header"),
+            ),
+            (
+                metadata(&[("authorization", "Basic Zm9vOmJhcg==")]),
+                header("invalid token type Basic in Authorization header"),
+            ),
+            (
+                metadata(&[("authorization", "bearer foobar")]),
+                Ok("foobar".into()),
+            ),
+            (
+                metadata(&[("authorization", "Bearer foobar")]),
+                Ok("foobar".into()),
+            ),
+            (
+                metadata(&[("authorization", "BEARER foo bar")]),
+                Ok("foo bar".into()),
+            ),
+        ];
+        for (map, expected) in cases {
+            assert_eq!(bearer_token(&map), expected, "{map:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_have_the_original_codes_and_messages() {
+        let cases = [
+            (
+                ManagedAuthError::NoTokenHeader,
+                Code::Unauthenticated,
+                "no token header",
+            ),
+            (
+                ManagedAuthError::NoTokenHeaderValue,
+                Code::Unauthenticated,
+                "no token header value",
+            ),
+            (
+                ManagedAuthError::InvalidTokenHeader(
+                    "token type missing in Authorization header".into(),
+                ),
+                Code::Unauthenticated,
+                "invalid token header: token type missing in Authorization header",
+            ),
+            (
+                ManagedAuthError::IntrospectionFailed,
+                Code::Internal,
+                "unable to validate token",
+            ),
+            (
+                ManagedAuthError::Canceled,
+                Code::Cancelled,
+                "request canceled",
+            ),
+            (
+                ManagedAuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "permission denied",
+            ),
+        ];
+        for (err, code, message) in cases {
+            assert_eq!((err.code(), err.to_string().as_str()), (code, message));
+        }
     }
 }

@@ -20,7 +20,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{ServerError, receive_error};
-use crate::managed::ManagedServiceAuthorizer;
+use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 
@@ -177,7 +177,13 @@ impl EventGateway {
                     if source.is_some() {
                         break Err(ServerError::MetadataTwice.into());
                     }
-                    match self.identify(&metadata, &headers).await {
+                    // A SAMS check may take a while; a caller that leaves meanwhile is
+                    // reported as canceled, as the original does.
+                    let identified = tokio::select! {
+                        identified = self.identify(&metadata, &headers) => identified,
+                        () = responses.closed() => Err(ManagedAuthError::Canceled.into()),
+                    };
+                    match identified {
                         Ok(identified) => source = Some(identified),
                         Err(err) => break Err(err.into()),
                     }

@@ -14,15 +14,19 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod bigquery;
 pub mod discard;
 pub mod fanout;
 pub mod file;
 pub mod log;
+pub mod pubsub;
 
+pub use bigquery::{BigQuerySink, BigQuerySinkConfig};
 pub use discard::DiscardSink;
 pub use fanout::FanoutSink;
 pub use file::{FileSink, FileSinkConfig};
 pub use log::LogSink;
+pub use pubsub::{PubSubSink, PubSubSinkConfig};
 
 /// Message attributes, in key order (as published to Pub/Sub).
 pub type Attributes = BTreeMap<String, String>;

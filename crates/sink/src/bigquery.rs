@@ -1,0 +1,263 @@
+//! The BigQuery sink: one row per event through the streaming `tabledata.insertAll` API, with
+//! the event ID as `insertId` (BigQuery's best-effort de-duplication key).
+//!
+//! A batch is cut into requests within insertAll's limits (500 rows, 10 MB), sent concurrently
+//! but never more than a fixed number at once per sink, each bounded by a timeout. BigQuery's
+//! answer is mapped row by row (see `outcomes`): only rows BigQuery confirms as inserted are
+//! delivered. The table's schema is `deploy/bigquery/events.schema.json`; design notes are in
+//! `docs/sinks.md`.
+
+mod outcomes;
+mod rows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::auth::Authenticator;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequest;
+use tokio::sync::Semaphore;
+
+pub use self::rows::{MAX_REQUEST_BYTES, MAX_ROWS_PER_REQUEST};
+use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+
+const NAME: &str = "bigquery";
+
+/// How long one insertAll request (or the health check) may take before it counts as failed.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many insertAll requests one sink keeps in flight at most, across all streams.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Where the BigQuery sink writes and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BigQuerySinkConfig {
+    /// The Google Cloud project of the table.
+    pub project_id: String,
+    /// The dataset of the table.
+    pub dataset_id: String,
+    /// The table rows are inserted into.
+    pub table_id: String,
+    /// A BigQuery v2 base URL (`http://127.0.0.1:9050/bigquery/v2`) for emulators and tests; it
+    /// is sent a fake access token. `None`: Google's endpoint with application default
+    /// credentials.
+    pub endpoint: Option<String>,
+    /// How long one insertAll request may take.
+    pub request_timeout: Duration,
+    /// How many insertAll requests may be in flight at once.
+    pub max_concurrent_requests: usize,
+    /// Rows per insertAll request (at most [`MAX_ROWS_PER_REQUEST`] is sensible).
+    pub max_rows_per_request: usize,
+}
+
+impl BigQuerySinkConfig {
+    /// The table `project_id.dataset_id.table_id` on Google's endpoint, with default limits.
+    pub fn new(
+        project_id: impl Into<String>,
+        dataset_id: impl Into<String>,
+        table_id: impl Into<String>,
+    ) -> BigQuerySinkConfig {
+        BigQuerySinkConfig {
+            project_id: project_id.into(),
+            dataset_id: dataset_id.into(),
+            table_id: table_id.into(),
+            endpoint: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_rows_per_request: MAX_ROWS_PER_REQUEST,
+        }
+    }
+
+    /// `project.dataset.table`.
+    pub fn table_path(&self) -> String {
+        format!("{}.{}.{}", self.project_id, self.dataset_id, self.table_id)
+    }
+}
+
+/// Inserts each event as one row of a BigQuery table.
+pub struct BigQuerySink {
+    client: Client,
+    config: BigQuerySinkConfig,
+    requests: Semaphore,
+}
+
+/// The access token sent to an endpoint override: emulators accept anything.
+#[derive(Clone)]
+struct EmulatorToken;
+
+#[async_trait]
+impl Authenticator for EmulatorToken {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok("emulator-access-token".to_string())
+    }
+}
+
+impl BigQuerySink {
+    /// Builds the client: application default credentials (a key file named by
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the metadata server, as on
+    /// Cloud Run), or a fake token for an endpoint override. Nothing is sent yet.
+    pub async fn connect(config: BigQuerySinkConfig) -> Result<BigQuerySink, SinkError> {
+        let invalid = |message: String| SinkError::Config {
+            sink: NAME,
+            message,
+        };
+        for (value, what) in [
+            (&config.project_id, "project ID"),
+            (&config.dataset_id, "dataset ID"),
+            (&config.table_id, "table ID"),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(format!("the {what} is empty")));
+            }
+        }
+        if config.max_concurrent_requests == 0 || config.max_rows_per_request == 0 {
+            return Err(invalid(
+                "request concurrency and rows per request must be positive".into(),
+            ));
+        }
+        let mut builder = ClientBuilder::new();
+        let client = match &config.endpoint {
+            Some(endpoint) => {
+                builder
+                    .with_v2_base_url(endpoint.trim_end_matches('/').to_string())
+                    .build_from_authenticator(Arc::new(EmulatorToken))
+                    .await
+            }
+            None => builder.build_from_application_default_credentials().await,
+        }
+        .map_err(|err| invalid(format!("cannot build the BigQuery client: {err}")))?;
+        Ok(BigQuerySink {
+            client,
+            requests: Semaphore::new(config.max_concurrent_requests),
+            config,
+        })
+    }
+
+    /// The sink's configuration.
+    pub fn config(&self) -> &BigQuerySinkConfig {
+        &self.config
+    }
+
+    /// Sends one insertAll request and maps the answer to one outcome per row.
+    async fn insert(&self, request: rows::Request) -> (Vec<usize>, Vec<PublishOutcome>) {
+        let count = request.rows.len();
+        let Ok(_permit) = self.requests.acquire().await else {
+            return (
+                request.indices,
+                PublishOutcome::all_retryable(count, "BigQuery sink is shut down"),
+            );
+        };
+        let mut insert_all = TableDataInsertAllRequest::new();
+        // Valid rows go in even when a neighbour is invalid, so one bad row does not make a
+        // whole request retry; `stopped` rows are still handled (as retryable) if they appear.
+        insert_all.skip_invalid_rows();
+        if let Err(err) = insert_all.add_rows(request.rows) {
+            return (
+                request.indices,
+                PublishOutcome::all_retryable(count, format!("building insertAll: {err}")),
+            );
+        }
+        let call = self.client.tabledata().insert_all(
+            &self.config.project_id,
+            &self.config.dataset_id,
+            &self.config.table_id,
+            insert_all,
+        );
+        let outcomes = match tokio::time::timeout(self.config.request_timeout, call).await {
+            Ok(Ok(response)) => outcomes::from_response(count, &response),
+            Ok(Err(err)) => {
+                let reason = outcomes::request_error(&err);
+                tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = count, error = %reason, "insertAll failed; the rows will be retried");
+                PublishOutcome::all_retryable(count, reason)
+            }
+            Err(_) => {
+                let reason = format!(
+                    "insertAll timed out after {:?}",
+                    self.config.request_timeout
+                );
+                tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = count, error = %reason, "insertAll failed; the rows will be retried");
+                PublishOutcome::all_retryable(count, reason)
+            }
+        };
+        (request.indices, outcomes)
+    }
+}
+
+#[async_trait]
+impl EventSink for BigQuerySink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        let plan = rows::plan(
+            events,
+            chrono::Utc::now(),
+            self.config.max_rows_per_request,
+            MAX_REQUEST_BYTES,
+        );
+        let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; events.len()];
+        for (index, reason) in plan.rejected {
+            tracing::warn!(sink = NAME, event_id = %events[index].id, error = %reason, "event cannot be inserted into BigQuery");
+            outcomes[index] = Some(PublishOutcome::Permanent(reason));
+        }
+        let answered = join_all(plan.requests.into_iter().map(|r| self.insert(r))).await;
+        for (indices, request_outcomes) in answered {
+            for (index, outcome) in indices.into_iter().zip(request_outcomes) {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| PublishOutcome::Retryable("not sent to BigQuery".into()))
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!("BigQuery table {}", self.config.table_path())
+    }
+
+    /// Healthy when the table exists and is readable (`tables.get`).
+    async fn health(&self) -> Result<(), SinkError> {
+        let unhealthy = |message: String| SinkError::Unhealthy {
+            sink: NAME,
+            message,
+        };
+        let get = self.client.table().get(
+            &self.config.project_id,
+            &self.config.dataset_id,
+            &self.config.table_id,
+            None,
+        );
+        match tokio::time::timeout(self.config.request_timeout, get).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(BQError::ResponseError { error })) => Err(unhealthy(format!(
+                "table {}: HTTP {} {}",
+                self.config.table_path(),
+                error.error.code,
+                error.error.message
+            ))),
+            Ok(Err(err)) => Err(unhealthy(format!(
+                "table {}: {err}",
+                self.config.table_path()
+            ))),
+            Err(_) => Err(unhealthy(format!(
+                "table {}: no answer within {:?}",
+                self.config.table_path(),
+                self.config.request_timeout
+            ))),
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        // Later publishes are retryable; requests already in flight finish.
+        self.requests.close();
+        Ok(())
+    }
+}

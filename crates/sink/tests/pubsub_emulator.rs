@@ -1,0 +1,248 @@
+//! The Pub/Sub sink against Google's real Pub/Sub emulator (started by the tests).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use telemetry_gateway_sink::pubsub::{PubSubSink, PubSubSinkConfig};
+use telemetry_gateway_sink::{EventSink, PreparedEvent, PublishOutcome};
+use telemetry_gateway_testkit::pubsub_emulator::{PROJECT, PubSubEmulator, TestTopic};
+
+fn config(emulator: &PubSubEmulator, topic: &TestTopic) -> PubSubSinkConfig {
+    PubSubSinkConfig {
+        emulator_host: Some(emulator.host()),
+        publish_timeout: Duration::from_secs(10),
+        ..PubSubSinkConfig::new(PROJECT, topic.topic_id.clone())
+    }
+}
+
+fn event(id: String, payload: Vec<u8>) -> PreparedEvent {
+    let attributes: BTreeMap<String, String> = [
+        ("publisher.source", "unlicensed_instance"),
+        ("event.feature", "test.feature"),
+        ("event.action", "tested"),
+        ("event.hasPrivateMetadata", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain([("event.id".to_string(), id.clone())])
+    .collect();
+    PreparedEvent {
+        id,
+        feature: "test.feature".into(),
+        action: "tested".into(),
+        timestamp: prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        },
+        payload: Bytes::from(payload),
+        attributes,
+    }
+}
+
+fn events(prefix: &str, n: usize) -> Vec<PreparedEvent> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let payload = format!(r#"{{"event":{{"id":"{id}"}},"metadata":{{}}}}"#);
+            event(id, payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Every pulled message, keyed by its data; fails on a duplicate.
+fn by_data(
+    pulled: Vec<telemetry_gateway_testkit::pubsub_emulator::PulledMessage>,
+) -> BTreeMap<Vec<u8>, BTreeMap<String, String>> {
+    let mut messages = BTreeMap::new();
+    for message in pulled {
+        let data = message.data.clone();
+        assert!(
+            messages.insert(message.data, message.attributes).is_none(),
+            "published twice: {}",
+            String::from_utf8_lossy(&data)
+        );
+    }
+    messages
+}
+
+fn assert_published_exactly(
+    pulled: Vec<telemetry_gateway_testkit::pubsub_emulator::PulledMessage>,
+    sent: &[PreparedEvent],
+) {
+    let messages = by_data(pulled);
+    assert_eq!(messages.len(), sent.len(), "one message per event");
+    for event in sent {
+        let attributes = messages
+            .get(event.payload.as_ref())
+            .unwrap_or_else(|| panic!("event {} was not published", event.id));
+        assert_eq!(attributes, &event.attributes, "attributes of {}", event.id);
+    }
+}
+
+#[tokio::test]
+async fn each_event_is_one_message_with_the_exact_payload_and_attributes() {
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("exact").await;
+    let sink = PubSubSink::connect(config(emulator, &topic))
+        .await
+        .expect("connect");
+
+    let mut sent = events("exact", 50);
+    // Bytes that are not JSON or UTF-8 go through untouched as well.
+    sent.push(event("binary".into(), vec![0, 159, 146, 150, 255, b'\n']));
+    let outcomes = sink.publish(&sent).await;
+    assert_eq!(outcomes, vec![PublishOutcome::Delivered; sent.len()]);
+
+    assert_published_exactly(emulator.pull_all(&topic).await, &sent);
+}
+
+#[tokio::test]
+async fn batches_beyond_pubsub_request_limits_are_split_and_all_delivered() {
+    // The emulator refuses requests of more than 1,000 messages ("Too many messages to publish")
+    // or 11 MB, so delivering these proves the requests were split.
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("split").await;
+    let sink = PubSubSink::connect(PubSubSinkConfig {
+        // Everything in flight at once, so the client sees more than a request can carry.
+        publish_concurrency: 10_000,
+        publish_timeout: Duration::from_secs(60),
+        ..config(emulator, &topic)
+    })
+    .await
+    .expect("connect");
+
+    let mut sent = events("many", 2_500);
+    sent.extend((0..14).map(|i| {
+        let id = format!("large-{i}");
+        let mut payload = format!(r#"{{"event":{{"id":"{id}"}},"padding":""#).into_bytes();
+        payload.resize(payload.len() + 900_000, b'x');
+        payload.extend_from_slice(b"\"}");
+        event(id, payload)
+    }));
+    let total: usize = sent.iter().map(|e| e.payload.len()).sum();
+    assert!(total > 12_000_000, "more than 10 MB in one batch: {total}");
+
+    let outcomes = sink.publish(&sent).await;
+    let failed: Vec<_> = outcomes
+        .iter()
+        .zip(&sent)
+        .filter(|(outcome, _)| !outcome.is_delivered())
+        .map(|(outcome, event)| format!("{}: {outcome:?}", event.id))
+        .take(5)
+        .collect();
+    assert!(failed.is_empty(), "not delivered: {failed:#?}");
+
+    assert_published_exactly(emulator.pull_all(&topic).await, &sent);
+}
+
+#[tokio::test]
+async fn health_is_whether_the_topic_exists() {
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("health").await;
+    let sink = PubSubSink::connect(config(emulator, &topic))
+        .await
+        .expect("connect");
+    sink.health().await.expect("the topic exists");
+
+    emulator.delete_topic(&topic).await;
+    let err = sink.health().await.expect_err("the topic is gone");
+    assert_eq!(err.to_string(), "pubsub: topic does not exist");
+
+    emulator.create_topic(&topic).await;
+    sink.health().await.expect("the topic exists again");
+}
+
+#[tokio::test]
+async fn publishing_to_a_missing_topic_is_retryable_and_a_retry_after_recovery_is_delivered() {
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("missing").await;
+    let sink = PubSubSink::connect(config(emulator, &topic))
+        .await
+        .expect("connect");
+    emulator.delete_topic(&topic).await;
+
+    let sent = events("missing", 20);
+    for outcome in sink.publish(&sent).await {
+        match outcome {
+            PublishOutcome::Retryable(reason) => {
+                assert!(reason.starts_with("publishing event: "), "{reason}")
+            }
+            other => panic!("expected a retryable failure, got {other:?}"),
+        }
+    }
+
+    emulator.create_topic(&topic).await;
+    emulator.create_subscription(&topic).await;
+    assert_eq!(
+        sink.publish(&sent).await,
+        vec![PublishOutcome::Delivered; sent.len()]
+    );
+    assert_published_exactly(emulator.pull_all(&topic).await, &sent);
+}
+
+#[tokio::test]
+async fn a_dead_pubsub_makes_events_retryable_within_the_timeout_and_recovery_delivers() {
+    let mut emulator = PubSubEmulator::start();
+    let topic = emulator.create_test_topic("dead").await;
+    let timeout = Duration::from_secs(3);
+    let sink = PubSubSink::connect(PubSubSinkConfig {
+        publish_timeout: timeout,
+        publish_concurrency: 4,
+        ..config(&emulator, &topic)
+    })
+    .await
+    .expect("connect");
+    let before = events("before", 5);
+    assert_eq!(
+        sink.publish(&before).await,
+        vec![PublishOutcome::Delivered; before.len()]
+    );
+    assert_published_exactly(emulator.pull_all(&topic).await, &before);
+
+    emulator.stop();
+    let during = events("during", 10);
+    let started = Instant::now();
+    let outcomes = sink.publish(&during).await;
+    let took = started.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "the whole batch is answered within the timeout, took {took:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, PublishOutcome::Retryable(_))),
+        "{outcomes:?}"
+    );
+    assert!(
+        sink.health().await.is_err(),
+        "unhealthy while Pub/Sub is down"
+    );
+
+    emulator.restart();
+    emulator.create_topic(&topic).await;
+    emulator.create_subscription(&topic).await;
+    let outcomes = sink.publish(&during).await;
+    assert_eq!(outcomes, vec![PublishOutcome::Delivered; during.len()]);
+    assert_published_exactly(emulator.pull_all(&topic).await, &during);
+    sink.shutdown().await.expect("flushed");
+}
+
+#[tokio::test]
+async fn after_shutdown_events_are_retryable() {
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("shutdown").await;
+    let sink = PubSubSink::connect(config(emulator, &topic))
+        .await
+        .expect("connect");
+    sink.shutdown().await.expect("flushed");
+    let outcomes = sink.publish(&events("late", 2)).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, PublishOutcome::Retryable(_))),
+        "{outcomes:?}"
+    );
+    assert!(emulator.pull_all(&topic).await.is_empty());
+}
