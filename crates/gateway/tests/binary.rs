@@ -1,108 +1,22 @@
 //! The real `telemetry-gateway` binary, started with no configuration, as a user would.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use telemetry_gateway_proto::json::to_canonical_json;
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 
-const BIN: &str = env!("CARGO_BIN_EXE_telemetry-gateway");
-
-/// A gateway process whose JSON log lines are collected; killed when dropped.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-}
-
-impl Gateway {
-    /// Starts the binary in `dir` with an empty environment plus `env`.
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Gateway {
-        let mut command = Command::new(BIN);
-        command
-            .current_dir(dir)
-            .env_clear()
-            .env("SRC_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str(&line)
-                    && sender.send(json).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Gateway {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the log line with `message` and returns it.
-    fn wait_for(&mut self, message: &str) -> serde_json::Value {
-        if let Some(line) = self.seen.iter().find(|l| l["message"] == message) {
-            return line.clone();
-        }
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
-            self.seen.push(line.clone());
-            if line["message"] == message {
-                return line;
-            }
-        }
-    }
-
-    /// The address the gateway listens on, from its start-up log line.
-    fn address(&mut self) -> SocketAddr {
-        let line = self.wait_for("telemetry gateway listening");
-        let listening: SocketAddr = line["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("an address field");
-        SocketAddr::from(([127, 0, 0, 1], listening.port()))
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        self.child.wait().expect("the gateway exits")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{GatewayProcess, run_to_completion as run};
 
 // Multi-threaded: `terminate` blocks this thread while the client connection must stay
 // responsive to the server's graceful GOAWAY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_configuration_events_land_in_the_file_sink() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    // PORT=0 only so that tests never collide with a gateway already on 10085.
-    let mut gateway = Gateway::start(dir.path(), &[("PORT", "0")]);
+    // Only PORT=0 (the harness's default), so that tests never collide with a gateway already
+    // on 10085.
+    let mut gateway = GatewayProcess::start(&[]);
     let addr = gateway.address();
     let destination =
         gateway.wait_for("events go to NDJSON files under ./data/events (rotated at 128 MiB)");
@@ -128,21 +42,7 @@ async fn with_no_configuration_events_land_in_the_file_sink() {
     }
 
     // Every acknowledged event is on disk, once, as the exact expected JSON.
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("data/events"))
-        .expect("the file sink's directory")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
-        .collect();
-    let lines: Vec<serde_json::Value> = files
-        .iter()
-        .flat_map(|path| {
-            std::fs::read_to_string(path)
-                .expect("readable")
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let lines = gateway.file_sink_lines();
     assert_eq!(lines.len(), 300);
     let metadata_json: serde_json::Value =
         serde_json::from_str(&to_canonical_json(&metadata).expect("renders")).expect("JSON");
@@ -168,8 +68,7 @@ async fn with_no_configuration_events_land_in_the_file_sink() {
 
 #[tokio::test]
 async fn diagnostics_are_served_on_the_grpc_port() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut gateway = Gateway::start(dir.path(), &[("PORT", "0"), ("DIAGNOSTICS_SECRET", "hush")]);
+    let mut gateway = GatewayProcess::start(&[("DIAGNOSTICS_SECRET", "hush")]);
     let addr = gateway.address();
     let version = telemetry_gateway_testkit::http::get(addr, "/-/version", None)
         .await
@@ -195,19 +94,14 @@ async fn managed_services_are_checked_at_the_configured_sams() {
         "svc-token",
         TokenGrant::active(&["telemetry_gateway::events::write"]),
     );
-    let dir = tempfile::tempdir().expect("temp dir");
     let url = sams.url();
-    let mut gateway = Gateway::start(
-        dir.path(),
-        &[
-            ("PORT", "0"),
-            // The server URL overrides SAMS_URL, which points nowhere.
-            ("SAMS_URL", "http://127.0.0.1:1"),
-            ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
-            ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-            ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-        ],
-    );
+    let mut gateway = GatewayProcess::start(&[
+        // The server URL overrides SAMS_URL, which points nowhere.
+        ("SAMS_URL", "http://127.0.0.1:1"),
+        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
+        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
+        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
+    ]);
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await
@@ -232,32 +126,6 @@ async fn managed_services_are_checked_at_the_configured_sams() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert_eq!(refused.message(), "permission denied");
     assert_eq!((sams.token_calls(), sams.introspection_calls()), (1, 2));
-}
-
-/// Runs the binary to completion; a process still running after 20 s (a gateway that started
-/// when it should have refused to) is killed and fails the test.
-fn run(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir.path())
-        .env_clear()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("the binary runs");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("telemetry-gateway {args:?} with {env:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 #[test]

@@ -1,11 +1,9 @@
 //! The real `telemetry-gateway` binary configured for Pub/Sub by environment, as an operator
 //! would, publishing to Google's Pub/Sub emulator (started by the tests).
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use telemetry_gateway_proto::v1::RecordEventsRequest;
@@ -17,88 +15,26 @@ use telemetry_gateway_testkit::pubsub_emulator::{
 use tokio::sync::mpsc as async_mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_telemetry-gateway");
+use support::GatewayProcess;
 
-/// A gateway process whose JSON log lines are collected; killed when dropped.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    /// Starts the binary with an empty environment plus the Pub/Sub settings for `topic` and `env`.
-    fn start(emulator: &PubSubEmulator, topic: &TestTopic, env: &[(&str, &str)]) -> Gateway {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(BIN);
-        command
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PORT", "0")
-            .env("SRC_LOG_FORMAT", "json")
-            .env("PUBSUB_EMULATOR_HOST", emulator.host())
-            .env("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", "true")
-            .env("TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID", PROJECT)
-            .env("TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID", &topic.topic_id)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str(&line)
-                    && sender.send(json).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Gateway {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// Waits for the log line with `message` and returns it.
-    fn wait_for(&mut self, message: &str) -> serde_json::Value {
-        if let Some(line) = self.seen.iter().find(|l| l["message"] == message) {
-            return line.clone();
-        }
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
-            self.seen.push(line.clone());
-            if line["message"] == message {
-                return line;
-            }
-        }
-    }
-
-    /// The address the gateway listens on, from its start-up log line.
-    fn address(&mut self) -> SocketAddr {
-        let line = self.wait_for("telemetry gateway listening");
-        let listening: SocketAddr = line["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("an address field");
-        SocketAddr::from(([127, 0, 0, 1], listening.port()))
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The gateway configured for `topic` on `emulator`, plus `env`.
+fn start_gateway(
+    emulator: &PubSubEmulator,
+    topic: &TestTopic,
+    env: &[(&str, &str)],
+) -> GatewayProcess {
+    let host = emulator.host();
+    let mut all = vec![
+        ("PUBSUB_EMULATOR_HOST", host.as_str()),
+        ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", "true"),
+        ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID", PROJECT),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
+            topic.topic_id.as_str(),
+        ),
+    ];
+    all.extend_from_slice(env);
+    GatewayProcess::start(&all)
 }
 
 fn event_ids(pulled: Vec<PulledMessage>) -> Vec<String> {
@@ -124,7 +60,7 @@ fn sorted_ids(events: &[telemetry_gateway_proto::v1::Event]) -> Vec<String> {
 async fn configured_by_environment_the_gateway_publishes_to_the_topic_and_reports_its_health() {
     let emulator = PubSubEmulator::shared();
     let topic = emulator.create_test_topic("binary").await;
-    let mut gateway = Gateway::start(emulator, &topic, &[]);
+    let mut gateway = start_gateway(emulator, &topic, &[]);
     let addr = gateway.address();
     let destination = gateway.wait_for(&format!(
         "events go to Pub/Sub topic {}",
@@ -173,7 +109,7 @@ async fn while_pubsub_is_down_nothing_is_acknowledged_the_stream_survives_and_a_
  {
     let mut emulator = PubSubEmulator::start();
     let topic = emulator.create_test_topic("outage").await;
-    let mut gateway = Gateway::start(
+    let mut gateway = start_gateway(
         &emulator,
         &topic,
         &[(

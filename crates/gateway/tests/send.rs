@@ -1,14 +1,13 @@
 //! `telemetry-gateway send` end to end: the real binary sends the sample file to the real binary
 //! serving with the file sink.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_telemetry-gateway");
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::{BIN, GatewayProcess};
 
 fn sample_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/send/sample-events.ndjson")
@@ -26,85 +25,11 @@ fn sample_ids() -> Vec<String> {
         .collect()
 }
 
-/// A serving gateway process with the file sink in a temp dir; killed when dropped.
-struct ServingGateway {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl ServingGateway {
-    fn start() -> ServingGateway {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(BIN)
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PORT", "0")
-            .env("SRC_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the gateway starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel::<serde_json::Value>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(json) = serde_json::from_str(&line)
-                    && sender.send(json).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let port = loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the gateway logs that it listens");
-            if line["message"] == "telemetry gateway listening" {
-                let listening: SocketAddr = line["address"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .expect("an address field");
-                break listening.port();
-            }
-        };
-        // Keep draining the log so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        ServingGateway {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The events in the file sink's NDJSON files.
-    fn stored_events(&self) -> Vec<serde_json::Value> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("data/events")) else {
-            return Vec::new();
-        };
-        entries
-            .map(|entry| entry.expect("entry").path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
-            .flat_map(|path| {
-                std::fs::read_to_string(path)
-                    .expect("readable")
-                    .lines()
-                    .map(|line| serde_json::from_str(line).expect("JSON line"))
-                    .collect::<Vec<serde_json::Value>>()
-            })
-            .collect()
-    }
-}
-
-impl Drop for ServingGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A serving gateway (file sink in its temp dir) and its loopback endpoint.
+fn serving_gateway() -> (GatewayProcess, String) {
+    let mut gateway = GatewayProcess::start(&[]);
+    let endpoint = format!("http://{}", gateway.address());
+    (gateway, endpoint)
 }
 
 /// Runs `telemetry-gateway send` with `args`, an empty environment, and `stdin` piped in.
@@ -130,12 +55,12 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn the_sample_file_is_sent_recorded_and_stored() {
-    let gateway = ServingGateway::start();
+    let (gateway, endpoint) = serving_gateway();
     let sample = sample_file();
     let output = send(
         &[
             "--endpoint",
-            &gateway.endpoint(),
+            &endpoint,
             "--plaintext",
             "--instance-id",
             "instance-send-e2e",
@@ -157,7 +82,7 @@ fn the_sample_file_is_sent_recorded_and_stored() {
     assert!(
         stdout.starts_with(&format!(
             "sent 12 event(s) to {} in 1 payload(s), request ID send-e2e\n",
-            gateway.endpoint()
+            endpoint
         )),
         "{stdout}"
     );
@@ -166,7 +91,7 @@ fn the_sample_file_is_sent_recorded_and_stored() {
         "{stdout}"
     );
 
-    let stored = gateway.stored_events();
+    let stored = gateway.file_sink_lines();
     assert_eq!(stored.len(), 12);
     let stored_ids: Vec<&str> = stored
         .iter()
@@ -202,7 +127,7 @@ fn the_sample_file_is_sent_recorded_and_stored() {
 
 #[test]
 fn events_from_stdin_are_sent() {
-    let gateway = ServingGateway::start();
+    let (gateway, endpoint) = serving_gateway();
     let input = concat!(
         r#"{"id":"stdin-1","feature":"cody.chat","action":"submitted"}"#,
         "\n",
@@ -212,7 +137,7 @@ fn events_from_stdin_are_sent() {
     let output = send(
         &[
             "--endpoint",
-            &gateway.endpoint(),
+            &endpoint,
             "--plaintext",
             "--instance-id",
             "i",
@@ -222,17 +147,17 @@ fn events_from_stdin_are_sent() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("recorded: 2\n"));
-    assert_eq!(gateway.stored_events().len(), 2);
+    assert_eq!(gateway.file_sink_lines().len(), 2);
 }
 
 #[test]
 fn a_managed_service_without_sams_gets_nothing_recorded_and_exit_1() {
-    let gateway = ServingGateway::start();
+    let (gateway, endpoint) = serving_gateway();
     let sample = sample_file();
     let output = send(
         &[
             "--endpoint",
-            &gateway.endpoint(),
+            &endpoint,
             "--plaintext",
             "--service-id",
             "my-service",
@@ -256,16 +181,16 @@ fn a_managed_service_without_sams_gets_nothing_recorded_and_exit_1() {
         );
     }
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
-    assert!(gateway.stored_events().is_empty());
+    assert!(gateway.file_sink_lines().is_empty());
 }
 
 #[test]
 fn the_unary_mode_lists_each_refused_event_with_its_error() {
-    let gateway = ServingGateway::start();
+    let (_gateway, endpoint) = serving_gateway(); // kept alive until the end
     let output = send(
         &[
             "--endpoint",
-            &gateway.endpoint(),
+            &endpoint,
             "--plaintext",
             "--service-id",
             "my-service",

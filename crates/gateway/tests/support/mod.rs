@@ -1,0 +1,159 @@
+//! The real `telemetry-gateway` binary as a child process, for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_telemetry-gateway");
+
+/// A gateway process in its own temporary working directory, started with an empty environment
+/// plus `PORT=0`, JSON logs and the given variables; its log lines are collected. Killed when
+/// dropped.
+pub struct GatewayProcess {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts the binary; later entries of `env` win over the defaults.
+    pub fn start(env: &[(&str, &str)]) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PORT", "0")
+            .env("SRC_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        // Reads the log for ever, so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str(&line)
+                    && sender.send(json).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        GatewayProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+            dir,
+        }
+    }
+
+    /// The process's working directory (the file sink writes under `data/events` there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits (up to 30 s) for the log line with `message` and returns it.
+    pub fn wait_for(&mut self, message: &str) -> Value {
+        if let Some(line) = self.seen.iter().find(|l| l["message"] == message) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if line["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    /// The loopback address the gateway listens on, from its start-up log line.
+    pub fn address(&mut self) -> SocketAddr {
+        let line = self.wait_for("telemetry gateway listening");
+        let listening: SocketAddr = line["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("an address field");
+        SocketAddr::from(([127, 0, 0, 1], listening.port()))
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.child.wait().expect("the gateway exits")
+    }
+
+    /// Every line of the file sink's NDJSON files, parsed, files in name order.
+    pub fn file_sink_lines(&self) -> Vec<Value> {
+        let Ok(entries) = std::fs::read_dir(self.dir().join("data/events")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<_> = entries
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|path| {
+                std::fs::read_to_string(path)
+                    .expect("readable")
+                    .lines()
+                    .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                    .collect::<Vec<Value>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion in a temporary directory with an empty environment plus `env`;
+/// a process still running after 20 s (a gateway that started when it should have refused to) is
+/// killed and fails the test.
+pub fn run_to_completion(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir.path())
+        .env_clear()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the binary runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("telemetry-gateway {args:?} with {env:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
