@@ -25,8 +25,9 @@ use crate::codec::PreEncodedCodec;
 
 const RECORD_EVENTS_PATH: &str = "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents";
 
-/// Distinct pre-encoded payloads per stream, sent in rotation.
-const PAYLOADS_PER_STREAM: usize = 8;
+/// Distinct pre-encoded payloads, shared by all streams and sent in rotation (each stream starts
+/// at its own offset). Bounded so that 512 streams of 10 KB events fit in the generator's memory.
+const PAYLOAD_POOL: usize = 16;
 
 /// What load to apply.
 #[derive(Debug, Clone)]
@@ -119,14 +120,19 @@ fn metadata(config_key: Option<&str>, stream: usize) -> Bytes {
 /// Applies the load and reports what was acknowledged, and how fast.
 pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     let channels = connect(&config.target, config.connections).await?;
+    let pool: Vec<Bytes> = (0..PAYLOAD_POOL)
+        .map(|k| {
+            let first = (k * config.events_per_payload) as u64;
+            events::encoded_payload(first, config.events_per_payload, config.event_bytes)
+        })
+        .collect();
     let payloads: Vec<Vec<Bytes>> = (0..config.streams)
         .map(|stream| {
-            (0..PAYLOADS_PER_STREAM)
-                .map(|k| {
-                    let first =
-                        ((stream * PAYLOADS_PER_STREAM + k) * config.events_per_payload) as u64;
-                    events::encoded_payload(first, config.events_per_payload, config.event_bytes)
-                })
+            let offset = stream % PAYLOAD_POOL;
+            pool[offset..]
+                .iter()
+                .chain(&pool[..offset])
+                .cloned()
                 .collect()
         })
         .collect();
@@ -144,7 +150,11 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     });
 
     let mut tasks = Vec::with_capacity(config.streams);
+    let streams = config.streams.max(1) as u32;
     for (stream, payloads) in payloads.into_iter().enumerate() {
+        // Spread the streams' send times over the interval: open-loop senders in phase would
+        // arrive as one burst, which no real fleet of instances does.
+        let phase = per_stream_interval.map(|every| every * stream as u32 / streams);
         let channel = channels[stream % channels.len()].clone();
         let metadata = metadata(config.license_key.as_deref(), stream);
         let histogram = histogram.clone();
@@ -156,7 +166,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
                 metadata,
                 payloads,
                 &config,
-                per_stream_interval,
+                per_stream_interval.zip(phase),
                 (measure_from, stop_at),
                 &histogram,
                 &mut tally,
@@ -213,7 +223,7 @@ async fn drive_stream(
     metadata: Bytes,
     payloads: Vec<Bytes>,
     config: &LoadConfig,
-    interval: Option<Duration>,
+    pacing: Option<(Duration, Duration)>,
     (measure_from, stop_at): (Instant, Instant),
     histogram: &Mutex<Histogram<u64>>,
     tally: &mut StreamTally,
@@ -239,8 +249,9 @@ async fn drive_stream(
         let sent_at = sent_at.clone();
         let events_per_payload = config.events_per_payload;
         tokio::spawn(async move {
-            let mut ticker = interval.map(|every| {
-                let mut ticker = tokio::time::interval(every);
+            let mut ticker = pacing.map(|(every, phase)| {
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticker
             });

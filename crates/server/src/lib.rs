@@ -14,9 +14,9 @@ use std::time::Duration;
 use telemetry_gateway_proto::FILE_DESCRIPTOR_SET;
 use telemetry_gateway_proto::v1::telemetery_gateway_service_server::TelemeteryGatewayServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 
 pub mod diagnostics;
 pub mod error;
@@ -79,13 +79,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let routes = routes(gateway, &options).await?;
+    // Nagle's algorithm would hold a response's last segment until the sender's delayed ACK
+    // (tens of ms); the server's own `tcp_nodelay` applies only to listeners it binds itself.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
