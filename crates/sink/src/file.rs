@@ -111,22 +111,26 @@ impl FileSink {
         faults: FaultInjection,
     ) -> Result<FileSink, SinkError> {
         if config.max_file_bytes == 0 {
-            return Err(config_error(
+            return Err(SinkError::config(
+                NAME,
                 "max_file_bytes must be at least 1".to_string(),
             ));
         }
         fs::create_dir_all(&config.dir).map_err(|error| {
-            config_error(format!(
-                "cannot create directory {}: {error}",
-                config.dir.display()
-            ))
+            SinkError::config(
+                NAME,
+                format!("cannot create directory {}: {error}", config.dir.display()),
+            )
         })?;
         // Creating the first file is the writability check.
         let first = segment::create(&config.dir).map_err(|error| {
-            config_error(format!(
-                "cannot create a file under {}: {error}",
-                config.dir.display()
-            ))
+            SinkError::config(
+                NAME,
+                format!(
+                    "cannot create a file under {}: {error}",
+                    config.dir.display()
+                ),
+            )
         })?;
 
         let shared = Arc::new(Shared::default());
@@ -266,19 +270,28 @@ impl EventSink for FileSink {
 
     async fn health(&self) -> Result<(), SinkError> {
         let Some(queue) = self.queue() else {
-            return Err(unhealthy(SHUT_DOWN.to_string()));
+            return Err(SinkError::unhealthy(NAME, SHUT_DOWN.to_string()));
         };
         if queue.is_closed() {
-            return Err(unhealthy("the writer thread is not running".to_string()));
+            return Err(SinkError::unhealthy(
+                NAME,
+                "the writer thread is not running".to_string(),
+            ));
         }
         let dir = self.config.dir.clone();
         match tokio::task::spawn_blocking(move || segment::probe_writable(&dir)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(unhealthy(format!(
-                "directory {} is not writable: {error}",
-                self.config.dir.display()
-            ))),
-            Err(error) => Err(unhealthy(format!("the writability probe failed: {error}"))),
+            Ok(Err(error)) => Err(SinkError::unhealthy(
+                NAME,
+                format!(
+                    "directory {} is not writable: {error}",
+                    self.config.dir.display()
+                ),
+            )),
+            Err(error) => Err(SinkError::unhealthy(
+                NAME,
+                format!("the writability probe failed: {error}"),
+            )),
         }
     }
 
@@ -289,9 +302,9 @@ impl EventSink for FileSink {
         let writer_done = lock(&self.writer_done).take();
         match writer_done {
             None => Ok(()),
-            Some(done) => done
-                .await
-                .map_err(|_| unhealthy("the writer thread stopped unexpectedly".to_string())),
+            Some(done) => done.await.map_err(|_| {
+                SinkError::unhealthy(NAME, "the writer thread stopped unexpectedly".to_string())
+            }),
         }
     }
 }
@@ -318,20 +331,6 @@ impl fmt::Display for FileSize {
         } else {
             write!(f, "{} bytes", self.0)
         }
-    }
-}
-
-fn config_error(message: String) -> SinkError {
-    SinkError::Config {
-        sink: NAME,
-        message,
-    }
-}
-
-fn unhealthy(message: String) -> SinkError {
-    SinkError::Unhealthy {
-        sink: NAME,
-        message,
     }
 }
 

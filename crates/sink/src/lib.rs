@@ -102,6 +102,24 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// A configuration error of `sink`.
+    pub fn config(sink: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError::Config {
+            sink,
+            message: message.into(),
+        }
+    }
+
+    /// `sink` cannot accept events now.
+    pub fn unhealthy(sink: &'static str, message: impl Into<String>) -> SinkError {
+        SinkError::Unhealthy {
+            sink,
+            message: message.into(),
+        }
+    }
+}
+
 /// A destination for prepared events.
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {

@@ -119,8 +119,9 @@ impl PubSubSink {
     /// Must run inside a Tokio runtime, which carries the client's batching task.
     pub async fn connect(config: PubSubSinkConfig) -> Result<PubSubSink, SinkError> {
         if config.project_id.is_empty() || config.topic_id.is_empty() {
-            return Err(config_error(
-                "both a project ID and a topic ID are required".into(),
+            return Err(SinkError::config(
+                NAME,
+                "both a project ID and a topic ID are required",
             ));
         }
         let topic = config.topic_name();
@@ -149,9 +150,10 @@ impl PubSubSink {
             .build()
             .await
             .map_err(|err| {
-                config_error(format!(
-                    "cannot create the publisher{credentials_hint}: {err}"
-                ))
+                SinkError::config(
+                    NAME,
+                    format!("cannot create the publisher{credentials_hint}: {err}"),
+                )
             })?
             .publisher(topic.clone())
             .set_message_count_threshold(MAX_MESSAGES_PER_REQUEST)
@@ -159,9 +161,10 @@ impl PubSubSink {
             .set_delay_threshold(BATCH_DELAY)
             .build();
         let admin = admin.build().await.map_err(|err| {
-            config_error(format!(
-                "cannot create the topic admin client{credentials_hint}: {err}"
-            ))
+            SinkError::config(
+                NAME,
+                format!("cannot create the topic admin client{credentials_hint}: {err}"),
+            )
         })?;
         // Start-up is not held up by Pub/Sub (it may be briefly unreachable), but a missing topic
         // or missing credentials are worth a warning before the first event fails.
@@ -250,10 +253,13 @@ impl EventSink for PubSubSink {
             .await
             .is_err()
         {
-            return Err(unhealthy(format!(
-                "messages still unsent after {:?} at shutdown",
-                self.config.publish_timeout
-            )));
+            return Err(SinkError::unhealthy(
+                NAME,
+                format!(
+                    "messages still unsent after {:?} at shutdown",
+                    self.config.publish_timeout
+                ),
+            ));
         }
         Ok(())
     }
@@ -264,11 +270,17 @@ async fn check_topic(admin: &TopicAdmin, topic: &str, timeout: Duration) -> Resu
     let request = admin.get_topic().set_topic(topic).send();
     match tokio::time::timeout(timeout, request).await {
         Ok(Ok(_topic)) => Ok(()),
-        Ok(Err(err)) if is_not_found(&err) => Err(unhealthy("topic does not exist".into())),
-        Ok(Err(err)) => Err(unhealthy(format!("checking the topic: {err}"))),
-        Err(_elapsed) => Err(unhealthy(format!(
-            "checking the topic: no answer from Pub/Sub within {timeout:?}"
-        ))),
+        Ok(Err(err)) if is_not_found(&err) => {
+            Err(SinkError::unhealthy(NAME, "topic does not exist"))
+        }
+        Ok(Err(err)) => Err(SinkError::unhealthy(
+            NAME,
+            format!("checking the topic: {err}"),
+        )),
+        Err(_elapsed) => Err(SinkError::unhealthy(
+            NAME,
+            format!("checking the topic: no answer from Pub/Sub within {timeout:?}"),
+        )),
     }
 }
 
@@ -277,20 +289,6 @@ fn is_not_found(err: &google_cloud_pubsub::Error) -> bool {
     err.status()
         .is_some_and(|status| status.code == Code::NotFound)
         || err.http_status_code() == Some(404)
-}
-
-fn config_error(message: String) -> SinkError {
-    SinkError::Config {
-        sink: NAME,
-        message,
-    }
-}
-
-fn unhealthy(message: String) -> SinkError {
-    SinkError::Unhealthy {
-        sink: NAME,
-        message,
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use super::config::{IntrospectionCacheConfig, SamsClientConfig};
-use super::error::{SamsError, snippet};
+use super::error::{SamsError, read_json};
 use super::introspection::Introspection;
 use super::token_source::TokenSource;
 
@@ -156,19 +156,7 @@ impl SamsClient {
             .send()
             .await
             .map_err(transport)?;
-        let status = response.status();
-        let body = response.text().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(SamsError::Status {
-                endpoint: INTROSPECT_PATH,
-                status: status.as_u16(),
-                body: snippet(&body),
-            });
-        }
-        serde_json::from_str(&body).map_err(|err| SamsError::InvalidResponse {
-            endpoint: INTROSPECT_PATH,
-            message: err.to_string(),
-        })
+        read_json(response, INTROSPECT_PATH).await
     }
 }
 

@@ -54,10 +54,34 @@ impl SamsError {
 const BODY_SNIPPET: usize = 256;
 
 /// The first [`BODY_SNIPPET`] bytes of `body`, cut on a character boundary.
-pub(crate) fn snippet(body: &str) -> String {
+fn snippet(body: &str) -> String {
     let mut end = body.len().min(BODY_SNIPPET);
     while !body.is_char_boundary(end) {
         end -= 1;
     }
     body[..end].to_string()
+}
+
+/// Reads a SAMS response: a non-2xx status is [`SamsError::Status`] (with a snippet of the
+/// body), a body that does not parse as `T` is [`SamsError::InvalidResponse`].
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<T, SamsError> {
+    let status = response.status();
+    let body = response.text().await.map_err(|err| SamsError::Transport {
+        endpoint,
+        message: err.to_string(),
+    })?;
+    if !status.is_success() {
+        return Err(SamsError::Status {
+            endpoint,
+            status: status.as_u16(),
+            body: snippet(&body),
+        });
+    }
+    serde_json::from_str(&body).map_err(|err| SamsError::InvalidResponse {
+        endpoint,
+        message: err.to_string(),
+    })
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::error::{SamsError, snippet};
+use super::error::{SamsError, read_json};
 
 /// The token endpoint, relative to the SAMS API URL.
 pub(crate) const TOKEN_PATH: &str = "/oauth/token";
@@ -104,20 +104,7 @@ impl TokenSource {
             .send()
             .await
             .map_err(transport)?;
-        let status = response.status();
-        let body = response.text().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(SamsError::Status {
-                endpoint: TOKEN_PATH,
-                status: status.as_u16(),
-                body: snippet(&body),
-            });
-        }
-        let parsed: TokenResponse =
-            serde_json::from_str(&body).map_err(|err| SamsError::InvalidResponse {
-                endpoint: TOKEN_PATH,
-                message: err.to_string(),
-            })?;
+        let parsed: TokenResponse = read_json(response, TOKEN_PATH).await?;
         if parsed.access_token.is_empty() {
             return Err(SamsError::InvalidResponse {
                 endpoint: TOKEN_PATH,
