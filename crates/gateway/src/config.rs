@@ -76,9 +76,34 @@ pub struct ServerConfig {
     #[arg(long, env = "MSP", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub msp: bool,
 
+    /// How long in-flight payloads may take to finish after SIGTERM or SIGINT before the gateway
+    /// exits anyway (unfinished payloads are not acknowledged; senders retry them): `10s`,
+    /// `1500ms`, `1m`, or plain seconds.
+    #[arg(long, env = "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+
     /// Name of the deployment environment, for logs.
     #[arg(long, env = "ENVIRONMENT_ID", default_value = "unknown")]
     pub environment_id: String,
+}
+
+/// Parses `10s`, `1500ms`, `2m` or plain seconds (`10`, `0.5`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s or 1500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
 impl ServerConfig {

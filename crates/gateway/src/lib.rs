@@ -92,9 +92,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         version: env!("CARGO_PKG_VERSION").to_string(),
         diagnostics_secret: config.server.diagnostics_secret.clone(),
     };
-    let served = telemetry_gateway_server::serve(listener, gateway, options, shutdown).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = telemetry_gateway_server::serve(listener, gateway, options, async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    let deadline = config.server.shutdown_timeout;
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = &mut shutdown => {
+            let _ = stop.send(());
+            match tokio::time::timeout(deadline, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::error!(
+                        timeout = ?deadline,
+                        "shutdown deadline passed: in-flight payloads abandoned (not acknowledged)"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
     tracing::info!("server stopped; flushing the sink");
-    let flushed = sink.shutdown().await;
+    let flushed = match tokio::time::timeout(deadline, sink.shutdown()).await {
+        Ok(flushed) => flushed.map_err(anyhow::Error::from),
+        Err(_) => Err(anyhow::anyhow!(
+            "the sink did not flush within {deadline:?}"
+        )),
+    };
     served?;
     flushed?;
     tracing::info!("telemetry gateway stopped");

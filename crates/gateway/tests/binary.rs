@@ -166,6 +166,7 @@ fn help_lists_every_setting() {
         "TELEMETRY_GATEWAY_SAMS_CLIENT_ID",
         "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
         "SANITY_CHECK",
+        "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT",
     ] {
         assert!(
             help.contains(&format!("[env: {variable}")),

@@ -1,4 +1,4 @@
-//! HTTP diagnostics on the gRPC port: `/-/version` and `/-/healthz`.
+//! HTTP diagnostics on the gRPC port: `/-/version`, `/-/healthz` and `/-/ready`.
 
 use std::sync::Arc;
 
@@ -9,6 +9,8 @@ use axum::routing::get;
 use subtle::ConstantTimeEq;
 use telemetry_gateway_sink::EventSink;
 
+use crate::lifecycle::Lifecycle;
+
 /// What the diagnostics endpoints need.
 #[derive(Clone)]
 pub struct Diagnostics {
@@ -18,6 +20,8 @@ pub struct Diagnostics {
     pub secret: Option<String>,
     /// The sink whose health `/-/healthz` reports.
     pub sink: Arc<dyn EventSink>,
+    /// Whether the gateway is draining, for `/-/ready`.
+    pub lifecycle: Lifecycle,
 }
 
 /// The diagnostics routes.
@@ -25,11 +29,21 @@ pub fn router(diagnostics: Diagnostics) -> Router {
     Router::new()
         .route("/-/version", get(version))
         .route("/-/healthz", get(healthz))
+        .route("/-/ready", get(ready))
         .with_state(Arc::new(diagnostics))
 }
 
 async fn version(State(diagnostics): State<Arc<Diagnostics>>) -> String {
     diagnostics.version.clone()
+}
+
+/// Ready unless draining (no authentication: load balancers probe it).
+async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, &'static str) {
+    if diagnostics.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining")
+    } else {
+        (StatusCode::OK, "ready")
+    }
 }
 
 async fn healthz(

@@ -41,6 +41,9 @@ pub enum ServerError {
     /// A message larger than the receive limit.
     #[error("{0}")]
     MessageTooLarge(String),
+    /// The gateway is draining for shutdown; the sender should retry elsewhere or later.
+    #[error("server is shutting down")]
+    ShuttingDown,
 }
 
 impl ServerError {
@@ -58,6 +61,7 @@ impl ServerError {
             ServerError::PublishFailed(_) => Code::Internal,
             ServerError::ManagedAuth(err) => err.code(),
             ServerError::MessageTooLarge(_) => Code::ResourceExhausted,
+            ServerError::ShuttingDown => Code::Unavailable,
         }
     }
 }

@@ -20,6 +20,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub mod diagnostics;
 pub mod error;
+pub mod lifecycle;
 pub mod managed;
 pub mod pipeline;
 pub mod service;
@@ -27,6 +28,7 @@ pub mod source;
 
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
+pub use lifecycle::Lifecycle;
 pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
 pub use pipeline::EventPolicy;
 pub use service::{EventGateway, GrpcService};
@@ -70,15 +72,28 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves gRPC (h2c) and HTTP diagnostics on `listener` until `shutdown` completes, then stops
-/// accepting connections and lets in-flight requests finish.
+/// Serves gRPC (h2c) and HTTP diagnostics on `listener` until `shutdown` completes, then drains:
+/// `/-/ready` turns not-ready, new streams and calls get `Unavailable`, streams waiting for their
+/// next message are ended, payloads being processed finish and are answered; once none is left
+/// the server stops. Bounding how long that may take is the caller's business.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<EventGateway>,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let lifecycle = gateway.lifecycle().clone();
     let routes = routes(gateway, &options).await?;
+    let shutdown = async move {
+        shutdown.await;
+        lifecycle.start_draining();
+        tracing::info!(
+            in_progress = lifecycle.active(),
+            "draining: refusing new streams"
+        );
+        lifecycle.idle().await;
+        tracing::info!("drained: stopping the server");
+    };
     // Nagle's algorithm would hold a response's last segment until the sender's delayed ACK
     // (tens of ms); the server's own `tcp_nodelay` applies only to listeners it binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -102,6 +117,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         version: options.version.clone(),
         secret: options.diagnostics_secret.clone(),
         sink: gateway.sink().clone(),
+        lifecycle: gateway.lifecycle().clone(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)

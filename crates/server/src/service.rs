@@ -20,6 +20,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{ServerError, receive_error};
+use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
@@ -36,6 +37,7 @@ pub struct EventGateway {
     licenses: LicenseVerifier,
     managed: Arc<dyn ManagedServiceAuthorizer>,
     policy: EventPolicy,
+    lifecycle: Lifecycle,
 }
 
 impl EventGateway {
@@ -51,7 +53,13 @@ impl EventGateway {
             licenses,
             managed,
             policy,
+            lifecycle: Lifecycle::default(),
         }
+    }
+
+    /// Whether the gateway is taking work or draining.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     /// The sink events are handed to.
@@ -156,17 +164,26 @@ impl EventGateway {
     }
 
     /// Handles one `RecordEvents` stream until the sender half-closes or an error ends it.
+    /// `_work` keeps the stream counted as in progress until it ends, so a drain waits for it.
     async fn run_stream(
         self: Arc<Self>,
         headers: MetadataMap,
         mut inbound: Streaming<RecordEventsRequest>,
         responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
+        _work: ActiveWork,
     ) {
         let started = Instant::now();
         let mut source: Option<Source> = None;
         let mut total_events = 0usize;
         let outcome: Result<(), Status> = loop {
-            let message = match inbound.message().await {
+            // While draining, a payload being processed is finished and answered, but a stream
+            // waiting for its next message is ended: nothing of it is unacknowledged-but-kept.
+            let received = tokio::select! {
+                biased;
+                received = inbound.message() => received,
+                () = self.lifecycle.draining() => break Err(ServerError::ShuttingDown.into()),
+            };
+            let message = match received {
                 Ok(Some(message)) => message,
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(receive_error(status)),
@@ -358,10 +375,19 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<Streaming<RecordEventsRequest>>,
     ) -> Result<Response<Self::RecordEventsStream>, Status> {
+        let work = self
+            .gateway
+            .lifecycle
+            .enter()
+            .ok_or(ServerError::ShuttingDown)?;
         let (headers, _, inbound) = request.into_parts();
         // Room for one response while the next payload is processed.
         let (responses, receiver) = mpsc::channel(2);
-        tokio::spawn(self.gateway.clone().run_stream(headers, inbound, responses));
+        tokio::spawn(
+            self.gateway
+                .clone()
+                .run_stream(headers, inbound, responses, work),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -369,6 +395,11 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<RecordEventRequest>,
     ) -> Result<Response<RecordEventResponse>, Status> {
+        let _work = self
+            .gateway
+            .lifecycle
+            .enter()
+            .ok_or(ServerError::ShuttingDown)?;
         let (headers, _, request) = request.into_parts();
         self.gateway.record_event(request, &headers).await?;
         Ok(Response::new(RecordEventResponse {}))
