@@ -31,6 +31,33 @@ async fn gateway_with_slow_sink(
     (gateway, fake)
 }
 
+type HeldStream = tokio::task::JoinHandle<
+    Result<Vec<telemetry_gateway_proto::v1::RecordEventsResponse>, tonic::Status>,
+>;
+
+/// Sends `events` on a new stream in the background and returns once the slow sink holds them.
+async fn send_held_payload(
+    addr: std::net::SocketAddr,
+    fake: &FakeBigQuery,
+    events: Vec<telemetry_gateway_proto::v1::Event>,
+) -> HeldStream {
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let held = tokio::spawn(async move {
+        telemetry_gateway_testkit::record_events(
+            &mut client,
+            vec![
+                metadata_message(unlicensed_metadata("held")),
+                events_message(events),
+            ],
+        )
+        .await
+    });
+    wait_until_held(fake).await;
+    held
+}
+
 /// Waits until the fake has received an insert (the payload is held by the slow sink).
 async fn wait_until_held(fake: &FakeBigQuery) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -54,20 +81,7 @@ async fn sigterm_answers_the_held_payload_refuses_new_streams_and_exits_cleanly(
 
     let events = simple_events("held", 10);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    let mut client = telemetry_gateway_testkit::connect(addr)
-        .await
-        .expect("connect");
-    let held = tokio::spawn(async move {
-        telemetry_gateway_testkit::record_events(
-            &mut client,
-            vec![
-                metadata_message(unlicensed_metadata("drain")),
-                events_message(events),
-            ],
-        )
-        .await
-    });
-    wait_until_held(&fake).await;
+    let held = send_held_payload(addr, &fake, events).await;
 
     let signalled = Instant::now();
     gateway.send_sigterm();
@@ -121,20 +135,7 @@ async fn sigterm_answers_the_held_payload_refuses_new_streams_and_exits_cleanly(
 async fn a_payload_that_cannot_finish_in_time_is_not_acknowledged() {
     let (mut gateway, fake) = gateway_with_slow_sink(Duration::from_secs(30), "1s").await;
     let addr = gateway.address();
-    let mut client = telemetry_gateway_testkit::connect(addr)
-        .await
-        .expect("connect");
-    let held = tokio::spawn(async move {
-        telemetry_gateway_testkit::record_events(
-            &mut client,
-            vec![
-                metadata_message(unlicensed_metadata("slow")),
-                events_message(simple_events("slow", 5)),
-            ],
-        )
-        .await
-    });
-    wait_until_held(&fake).await;
+    let held = send_held_payload(addr, &fake, simple_events("slow", 5)).await;
 
     let signalled = Instant::now();
     gateway.send_sigterm();
