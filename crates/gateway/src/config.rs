@@ -41,6 +41,8 @@ pub struct Config {
     #[command(flatten)]
     pub logging: LoggingConfig,
     #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    #[command(flatten)]
     pub events: EventsConfig,
     #[command(flatten)]
     pub license: LicenseConfig,
@@ -82,9 +84,20 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: std::time::Duration,
 
-    /// Name of the deployment environment, for logs.
+    /// Name of the deployment environment, for logs and Sentry.
     #[arg(long, env = "ENVIRONMENT_ID", default_value = "unknown")]
     pub environment_id: String,
+
+    /// Memory budget: the most bytes of event payloads held across all streams at once (as
+    /// received, weighted for decoding and rendering). Above it, new payloads wait up to
+    /// `TELEMETRY_GATEWAY_INFLIGHT_WAIT`, then get `ResourceExhausted`. The default suits a
+    /// 512 MiB container; `0` turns the budget off.
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
+
+    /// How long a payload may wait for room in the memory budget before it is refused.
+    #[arg(long, env = "TELEMETRY_GATEWAY_INFLIGHT_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub inflight_wait: std::time::Duration,
 }
 
 /// Parses `10s`, `1500ms`, `2m` or plain seconds (`10`, `0.5`).
@@ -124,6 +137,16 @@ pub struct LoggingConfig {
     /// Log format: `json`, or `text` for people; defaults to `json` when `MSP` is true.
     #[arg(long, env = "SRC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// Metrics, traces and error reports. The OpenTelemetry exporters also read the standard
+/// `OTEL_*` variables (endpoint, headers, protocol, timeouts, resource attributes).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetryConfig {
+    /// Turn OpenTelemetry off: no metrics (`/metrics` is not served) and no traces.
+    #[arg(long, env = "OTEL_SDK_DISABLED", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
+    pub otel_sdk_disabled: bool,
 }
 
 /// How log lines are written.

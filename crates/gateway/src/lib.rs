@@ -6,6 +6,7 @@ pub mod config_docs;
 pub mod logging;
 pub mod send;
 pub mod sinks;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,8 +62,13 @@ pub fn managed_authorizer(
     Ok(Arc::new(authorizer))
 }
 
-/// Runs the gateway until `shutdown` completes, then drains and closes the sink.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+/// Runs the gateway until `shutdown` completes, then drains and closes the sink. `prometheus` is
+/// the registry to serve at `/metrics`, if any.
+pub async fn run(
+    config: Config,
+    prometheus: Option<prometheus::Registry>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let licenses = license_verifier(&config.license)?;
     let managed = managed_authorizer(&config.sams)?;
     let sink = sinks::build(&config.events).await?;
@@ -91,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         max_receive_message_bytes: config.server.max_receive_message_bytes,
         version: env!("CARGO_PKG_VERSION").to_string(),
         diagnostics_secret: config.server.diagnostics_secret.clone(),
+        prometheus,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = telemetry_gateway_server::serve(listener, gateway, options, async {

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use telemetry_gateway::config::{self, Cli, Command};
-use telemetry_gateway::{config_docs, logging, run, shutdown_signal};
+use telemetry_gateway::telemetry::Telemetry;
+use telemetry_gateway::{config_docs, run, shutdown_signal};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -29,11 +30,6 @@ fn main() -> ExitCode {
         println!("Sanity check passed, exiting without error");
         return ExitCode::SUCCESS;
     }
-    let format = config.logging.format(config.server.msp);
-    if let Err(err) = logging::init(&config.logging.log_level, format) {
-        eprintln!("telemetry-gateway: {err:#}");
-        return ExitCode::FAILURE;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,12 +40,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "telemetry gateway failed");
-            eprintln!("telemetry-gateway: {err:#}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        let telemetry = match Telemetry::init(&config) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("telemetry-gateway: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ran = run(config, telemetry.prometheus.clone(), shutdown_signal()).await;
+        telemetry.shutdown();
+        match ran {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "telemetry gateway failed");
+                eprintln!("telemetry-gateway: {err:#}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })
 }

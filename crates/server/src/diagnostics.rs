@@ -1,4 +1,5 @@
-//! HTTP diagnostics on the gRPC port: `/-/version`, `/-/healthz` and `/-/ready`.
+//! HTTP diagnostics on the gRPC port: `/-/version`, `/-/healthz`, `/-/ready` and, when a
+//! Prometheus registry is given, `/metrics`.
 
 use std::sync::Arc;
 
@@ -22,15 +23,47 @@ pub struct Diagnostics {
     pub sink: Arc<dyn EventSink>,
     /// Whether the gateway is draining, for `/-/ready`.
     pub lifecycle: Lifecycle,
+    /// The registry served at `/metrics`; no route without it.
+    pub prometheus: Option<prometheus::Registry>,
 }
 
 /// The diagnostics routes.
 pub fn router(diagnostics: Diagnostics) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/-/version", get(version))
         .route("/-/healthz", get(healthz))
-        .route("/-/ready", get(ready))
-        .with_state(Arc::new(diagnostics))
+        .route("/-/ready", get(ready));
+    if diagnostics.prometheus.is_some() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router.with_state(Arc::new(diagnostics))
+}
+
+/// The Prometheus text exposition of every registered metric.
+async fn metrics(
+    State(diagnostics): State<Arc<Diagnostics>>,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    let families = diagnostics
+        .prometheus
+        .as_ref()
+        .map(prometheus::Registry::gather)
+        .unwrap_or_default();
+    let mut body = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&families, &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            body,
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "encoding metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain")],
+                format!("encoding metrics: {err}"),
+            )
+        }
+    }
 }
 
 async fn version(State(diagnostics): State<Arc<Diagnostics>>) -> String {

@@ -22,14 +22,17 @@ pub mod diagnostics;
 pub mod error;
 pub mod lifecycle;
 pub mod managed;
+pub mod metrics;
 pub mod pipeline;
 pub mod service;
 pub mod source;
+pub mod tracing_context;
 
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
 pub use lifecycle::Lifecycle;
 pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
+pub use metrics::Metrics;
 pub use pipeline::EventPolicy;
 pub use service::{EventGateway, GrpcService};
 pub use source::{Source, SourceKind};
@@ -46,6 +49,8 @@ pub struct ServerOptions {
     pub version: String,
     /// The bearer secret for `/-/healthz`, if any.
     pub diagnostics_secret: Option<String>,
+    /// The registry served at `/metrics` (none: no `/metrics` route).
+    pub prometheus: Option<prometheus::Registry>,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +59,7 @@ impl Default for ServerOptions {
             max_receive_message_bytes: DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
             version: env!("CARGO_PKG_VERSION").to_string(),
             diagnostics_secret: None,
+            prometheus: None,
         }
     }
 }
@@ -118,6 +124,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         secret: options.diagnostics_secret.clone(),
         sink: gateway.sink().clone(),
         lifecycle: gateway.lifecycle().clone(),
+        prometheus: options.prometheus.clone(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)

@@ -101,10 +101,14 @@ impl SamsAuthorizer {
 
 #[async_trait]
 impl ManagedServiceAuthorizer for SamsAuthorizer {
+    #[tracing::instrument(name = "CheckWriteEventsScope", skip_all, fields(client_id = tracing::field::Empty))]
     async fn authorize(&self, metadata: &MetadataMap) -> Result<(), ManagedAuthError> {
         let token = bearer_token(metadata)?;
         let introspection = match self.client.introspect(&token).await {
-            Ok(introspection) => introspection,
+            Ok(introspection) => {
+                tracing::Span::current().record("client_id", introspection.client_id.as_str());
+                introspection
+            }
             Err(err) if err.is_canceled() => return Err(ManagedAuthError::Canceled),
             Err(err) => {
                 tracing::error!(error = %err, "samsClient.IntrospectToken failed");

@@ -84,6 +84,8 @@ struct Slot {
 pub struct PreparedPayload {
     /// The events to publish, each rendered once.
     pub events: Vec<PreparedEvent>,
+    /// The size of every rendered message, oversized ones included (for metrics).
+    pub message_sizes: Vec<usize>,
     slots: Vec<Slot>,
 }
 
@@ -106,6 +108,7 @@ pub fn prepare_payload(
         });
     let mut prepared = PreparedPayload {
         events: Vec::with_capacity(events.len()),
+        message_sizes: Vec::with_capacity(events.len()),
         slots: Vec::with_capacity(events.len()),
     };
     let mut seen = HashSet::with_capacity(events.len());
@@ -120,7 +123,7 @@ pub fn prepare_payload(
             )
         } else {
             migrate_legacy_metadata(&mut event);
-            match prepare_event(&event, source, &mut json) {
+            match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
                 Ok(ready) => {
                     prepared.events.push(ready);
                     Disposition::Publish(prepared.events.len() - 1)
@@ -141,7 +144,7 @@ pub fn prepare_payload(
 /// Prepares a single event (the unary path): `Err` carries why it will not be published.
 pub fn prepare_single(mut event: Event, source: &Source) -> Result<Option<PreparedEvent>, String> {
     migrate_legacy_metadata(&mut event);
-    match prepare_event(&event, source, &mut Vec::new()) {
+    match prepare_event(&event, source, &mut Vec::new(), &mut Vec::new()) {
         Ok(ready) => Ok(Some(ready)),
         Err(Disposition::Drop(..)) => Ok(None),
         Err(Disposition::Invalid(reason)) => Err(reason),
@@ -153,11 +156,13 @@ fn is_cody_feature(feature: &str) -> bool {
     feature == "cody" || feature.starts_with("cody.")
 }
 
-/// Validates and renders one (already migrated) event; `json` is a reusable scratch buffer.
+/// Validates and renders one (already migrated) event; `json` is a reusable scratch buffer, and
+/// the rendered message's size is appended to `sizes`.
 fn prepare_event(
     event: &Event,
     source: &Source,
     json: &mut Vec<u8>,
+    sizes: &mut Vec<usize>,
 ) -> Result<PreparedEvent, Disposition> {
     validate_event(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
     json.clear();
@@ -166,6 +171,7 @@ fn prepare_event(
 
     let metadata = source.metadata_json();
     let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
+    sizes.push(size);
     if size >= MAX_EVENT_PAYLOAD_BYTES {
         log_oversized(event, size, json);
         return Err(Disposition::Drop(

@@ -1,5 +1,6 @@
 //! `TelemeteryGatewayService`: the RecordEvents stream and the unary RecordEvent.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,18 +19,29 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
+use crate::metrics::Metrics;
+use crate::pipeline::DropReason;
 use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
+use crate::tracing_context::link_sender_trace;
 
 /// A stream taking longer than this is logged as slow, as the original does.
 const SLOW_STREAM: Duration = Duration::from_secs(30);
 
-/// At most this many failures are listed in one payload's log line.
+/// At most this many failures of one payload are logged (and reported to Sentry) one by one.
 const LOGGED_FAILURES: usize = 20;
+
+/// A publish slower than this is flagged in the payload's log line, as the original does.
+const SLOW_PUBLISH: Duration = Duration::from_secs(10);
+
+/// The error reported for events whose publish was abandoned because the sender went away.
+const CANCELED: &str = "context canceled: the sender went away";
 
 /// Everything a request needs: the sink, the credential checks, and the event policy.
 pub struct EventGateway {
@@ -38,6 +50,7 @@ pub struct EventGateway {
     managed: Arc<dyn ManagedServiceAuthorizer>,
     policy: EventPolicy,
     lifecycle: Lifecycle,
+    metrics: Metrics,
 }
 
 impl EventGateway {
@@ -54,7 +67,19 @@ impl EventGateway {
             managed,
             policy,
             lifecycle: Lifecycle::default(),
+            metrics: Metrics::global(),
         }
+    }
+
+    /// Records metrics with `metrics` instead of the global meter provider's instruments.
+    pub fn with_metrics(mut self, metrics: Metrics) -> EventGateway {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The gateway's instruments.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether the gateway is taking work or draining.
@@ -151,16 +176,61 @@ impl EventGateway {
 
     /// Prepares, publishes and summarizes one events payload.
     pub async fn process_payload(&self, source: &Source, events: Vec<Event>) -> Summary {
-        let started = Instant::now();
-        let prepared = prepare_payload(events, source, &self.policy);
-        let outcomes = if prepared.events.is_empty() {
-            Vec::new()
-        } else {
-            self.sink.publish(&prepared.events).await
-        };
-        let summary = summarize(prepared, &outcomes, source);
-        log_summary(&summary, source, started.elapsed());
-        summary
+        self.process_payload_until(source, events, std::future::pending())
+            .await
+    }
+
+    /// Like [`process_payload`](Self::process_payload), but stops waiting for the sink once
+    /// `canceled` completes (the sender went away): the events not yet reported delivered are
+    /// then failed as canceled, which is neither acknowledged nor reported as an error.
+    pub async fn process_payload_until(
+        &self,
+        source: &Source,
+        events: Vec<Event>,
+        canceled: impl Future<Output = ()>,
+    ) -> Summary {
+        let span = tracing::info_span!(
+            "handlePublishEvents",
+            events = events.len(),
+            source = source.publisher_source(),
+            result = Empty,
+            failed = Empty,
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+        );
+        async {
+            let started = Instant::now();
+            let prepared = prepare_payload(events, source, &self.policy);
+            for &size in &prepared.message_sizes {
+                self.metrics.message_rendered(size);
+            }
+            let mut was_canceled = false;
+            let outcomes = if prepared.events.is_empty() {
+                Vec::new()
+            } else {
+                tokio::select! {
+                    outcomes = self.sink.publish(&prepared.events) => outcomes,
+                    () = canceled => {
+                        was_canceled = true;
+                        PublishOutcome::all_retryable(prepared.events.len(), CANCELED)
+                    }
+                }
+            };
+            let summary = summarize(prepared, &outcomes, source);
+            let span = tracing::Span::current();
+            span.record("result", summary.result.as_str());
+            if !summary.failed.is_empty() {
+                span.record("failed", summary.failed.len());
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", summary.result.message());
+            }
+            self.metrics
+                .payload_processed(&summary, source.publisher_source());
+            log_summary(&summary, source, started.elapsed(), was_canceled);
+            summary
+        }
+        .instrument(span)
+        .await
     }
 
     /// Handles one `RecordEvents` stream until the sender half-closes or an error ends it.
@@ -172,6 +242,7 @@ impl EventGateway {
         responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
         _work: ActiveWork,
     ) {
+        let _open = self.metrics.stream_opened();
         let started = Instant::now();
         let mut source: Option<Source> = None;
         let mut total_events = 0usize;
@@ -201,8 +272,15 @@ impl EventGateway {
                         () = responses.closed() => Err(ManagedAuthError::Canceled.into()),
                     };
                     match identified {
-                        Ok(identified) => source = Some(identified),
-                        Err(err) => break Err(err.into()),
+                        Ok(identified) => {
+                            tracing::Span::current()
+                                .record("source", identified.publisher_source());
+                            source = Some(identified);
+                        }
+                        Err(err) => {
+                            self.metrics.request_failed(&err);
+                            break Err(err.into());
+                        }
                     }
                 }
                 Some(Payload::Events(payload)) => {
@@ -210,7 +288,9 @@ impl EventGateway {
                         break Err(ServerError::EventsBeforeMetadata.into());
                     };
                     total_events += payload.events.len();
-                    let summary = self.process_payload(source, payload.events).await;
+                    let summary = self
+                        .process_payload_until(source, payload.events, responses.closed())
+                        .await;
                     let response = RecordEventsResponse {
                         succeeded_events: summary.succeeded,
                     };
@@ -223,6 +303,14 @@ impl EventGateway {
         };
         let publisher = source.as_ref().map_or("invalid", Source::publisher_source);
         let duration = started.elapsed();
+        self.metrics
+            .stream_ended(total_events, outcome.is_err(), publisher);
+        if let Err(status) = &outcome {
+            let span = tracing::Span::current();
+            span.record("rpc.grpc.status_code", status.code() as i32);
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", status.message());
+        }
         match &outcome {
             Err(status) => tracing::warn!(
                 source = publisher,
@@ -257,6 +345,18 @@ impl EventGateway {
         request: RecordEventRequest,
         headers: &MetadataMap,
     ) -> Result<(), ServerError> {
+        let result = self.record_event_inner(request, headers).await;
+        if let Err(err) = &result {
+            self.metrics.request_failed(err);
+        }
+        result
+    }
+
+    async fn record_event_inner(
+        &self,
+        request: RecordEventRequest,
+        headers: &MetadataMap,
+    ) -> Result<(), ServerError> {
         let event = request.event.ok_or(ServerError::EventRequired)?;
         let metadata = request.metadata.unwrap_or_default();
         let is_managed = matches!(
@@ -270,6 +370,7 @@ impl EventGateway {
             return Err(ServerError::UnsupportedIdentifier);
         }
         let source = self.identify(&metadata, headers).await?;
+        tracing::Span::current().record("source", source.publisher_source());
         let (id, feature, action) = (
             event.id.clone(),
             event.feature.clone(),
@@ -278,9 +379,17 @@ impl EventGateway {
         let Some(prepared) = prepare_single(event, &source).map_err(ServerError::InvalidEvent)?
         else {
             // Deliberately dropped (oversized): reported as success, as the original does.
+            self.metrics
+                .event_dropped(DropReason::Oversized, source.publisher_source());
+            self.metrics
+                .record_event_processed(false, source.publisher_source());
             return Ok(());
         };
+        self.metrics.message_rendered(prepared.payload.len());
         let outcome = self.sink.publish(std::slice::from_ref(&prepared)).await;
+        let failed = !matches!(outcome.first(), Some(PublishOutcome::Delivered));
+        self.metrics
+            .record_event_processed(failed, source.publisher_source());
         match outcome.into_iter().next() {
             Some(PublishOutcome::Delivered) => Ok(()),
             Some(PublishOutcome::Retryable(err) | PublishOutcome::Permanent(err)) => {
@@ -301,7 +410,7 @@ impl EventGateway {
     }
 }
 
-fn log_summary(summary: &Summary, source: &Source, duration: Duration) {
+fn log_summary(summary: &Summary, source: &Source, duration: Duration, canceled: bool) {
     let publisher = source.publisher_source();
     for dropped in &summary.dropped {
         tracing::info!(
@@ -329,27 +438,77 @@ fn log_summary(summary: &Summary, source: &Source, duration: Duration) {
             "{}",
             summary.result.message()
         );
-    } else {
-        let failures: Vec<String> = summary
-            .failed
-            .iter()
-            .take(LOGGED_FAILURES)
-            .map(ToString::to_string)
-            .collect();
-        tracing::error!(
+        return;
+    }
+    if canceled {
+        // The original logs canceled publishes as plain strings, keeping them out of Sentry.
+        tracing::warn!(
             source = publisher,
             result = summary.result.as_str(),
             submitted = summary.submitted,
             succeeded = summary.succeeded.len(),
             failed = summary.failed.len(),
-            dropped = summary.dropped.len(),
-            duplicates = summary.duplicates,
             ?duration,
-            failures = ?failures,
+            reason = CANCELED,
             "{}",
             summary.result.message()
         );
+        return;
     }
+    // One line per failed event, carrying an `error` field: what Sentry receives.
+    for failure in summary.failed.iter().take(LOGGED_FAILURES) {
+        tracing::error!(
+            source = publisher,
+            eventID = %failure.id,
+            eventFeature = %failure.feature,
+            eventAction = %failure.action,
+            retryable = failure.retryable,
+            error = %failure.error,
+            "failed to publish event: feature:{:?} action:{:?} id:{:?}",
+            failure.feature,
+            failure.action,
+            failure.id
+        );
+    }
+    let failures: Vec<String> = summary
+        .failed
+        .iter()
+        .take(LOGGED_FAILURES)
+        .map(ToString::to_string)
+        .collect();
+    tracing::error!(
+        source = publisher,
+        result = summary.result.as_str(),
+        submitted = summary.submitted,
+        succeeded = summary.succeeded.len(),
+        failed = summary.failed.len(),
+        dropped = summary.dropped.len(),
+        duplicates = summary.duplicates,
+        ?duration,
+        publishDurationError = (duration > SLOW_PUBLISH).then_some("slow publish"),
+        failures = ?failures,
+        "{}",
+        summary.result.message()
+    );
+}
+
+/// The span of one RPC. A sender's W3C trace context is linked, never used as the parent: a
+/// sender must not be able to attach our spans to its traces (or sample them away).
+fn rpc_span(method: &'static str, headers: &MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "telemetrygateway.v1.TelemeteryGatewayService",
+        otel.name = format!("telemetrygateway.v1.TelemeteryGatewayService/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "telemetrygateway.v1.TelemeteryGatewayService",
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        source = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
+    link_sender_trace(&span, headers);
+    span
 }
 
 /// The tonic service: a thin adapter from gRPC to [`EventGateway`].
@@ -381,12 +540,14 @@ impl TelemeteryGatewayService for GrpcService {
             .enter()
             .ok_or(ServerError::ShuttingDown)?;
         let (headers, _, inbound) = request.into_parts();
+        let span = rpc_span("RecordEvents", &headers);
         // Room for one response while the next payload is processed.
         let (responses, receiver) = mpsc::channel(2);
         tokio::spawn(
             self.gateway
                 .clone()
-                .run_stream(headers, inbound, responses, work),
+                .run_stream(headers, inbound, responses, work)
+                .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -401,7 +562,18 @@ impl TelemeteryGatewayService for GrpcService {
             .enter()
             .ok_or(ServerError::ShuttingDown)?;
         let (headers, _, request) = request.into_parts();
-        self.gateway.record_event(request, &headers).await?;
+        let span = rpc_span("RecordEvent", &headers);
+        let result = self
+            .gateway
+            .record_event(request, &headers)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &result {
+            span.record("rpc.grpc.status_code", err.code() as i32);
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", err.to_string());
+        }
+        result?;
         Ok(Response::new(RecordEventResponse {}))
     }
 }

@@ -19,6 +19,7 @@ pub mod discard;
 pub mod fanout;
 pub mod file;
 pub mod log;
+pub mod measured;
 pub mod pubsub;
 
 pub use bigquery::{BigQuerySink, BigQuerySinkConfig};
@@ -26,6 +27,7 @@ pub use discard::DiscardSink;
 pub use fanout::FanoutSink;
 pub use file::{FileSink, FileSinkConfig};
 pub use log::LogSink;
+pub use measured::{Measured, SinkMetrics};
 pub use pubsub::{PubSubSink, PubSubSinkConfig};
 
 /// Message attributes, in key order (as published to Pub/Sub).

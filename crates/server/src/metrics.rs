@@ -1,0 +1,238 @@
+//! The gateway's OpenTelemetry instruments: the original's, under their original names, and ours.
+//!
+//! Instruments come from a [`Meter`] handed in by the binary (which decides where metrics go:
+//! Prometheus, OTLP, nowhere); [`Metrics::global`] uses the global meter provider, a no-op until
+//! one is installed. `docs/metrics.md` lists every instrument; keep the two in step.
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+
+use crate::error::ServerError;
+use crate::managed::ManagedAuthError;
+use crate::pipeline::{DropReason, Summary};
+
+/// The original's meter name for the server's instruments.
+pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";
+
+/// Bucket boundaries for message sizes in bytes: 256 B to 10 MB (Pub/Sub's request limit).
+const SIZE_BUCKETS: &[f64] = &[
+    256.0,
+    1024.0,
+    4096.0,
+    16_384.0,
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    10_000_000.0,
+];
+
+/// Bucket boundaries for event counts per payload and per stream.
+const COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0,
+];
+
+/// The gateway's instruments.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    total_length: Histogram<u64>,
+    payload_length: Histogram<u64>,
+    processed_events: Counter<u64>,
+    record_event_processed: Counter<u64>,
+    published_message_size: Histogram<u64>,
+    events_dropped: Counter<u64>,
+    auth_failures: Counter<u64>,
+    payloads_refused: Counter<u64>,
+    open_streams: UpDownCounter<i64>,
+}
+
+impl Metrics {
+    /// Instruments from the global meter provider.
+    pub fn global() -> Metrics {
+        Metrics::new(&opentelemetry::global::meter(METER_NAME))
+    }
+
+    /// Instruments from `meter`.
+    pub fn new(meter: &Meter) -> Metrics {
+        Metrics {
+            total_length: meter
+                .u64_histogram("telemetry-gateway.record_events.total_length")
+                .with_description("Total number of events in record_events requests")
+                .with_boundaries(COUNT_BUCKETS.to_vec())
+                .build(),
+            payload_length: meter
+                .u64_histogram("telemetry-gateway.record_events.payload_length")
+                // The misspelling is the original's.
+                .with_description("Number of events in indvidiual record_events request payloads")
+                .with_boundaries(COUNT_BUCKETS.to_vec())
+                .build(),
+            processed_events: meter
+                .u64_counter("telemetry-gateway.record_events.processed_events")
+                .with_description("Number of events processed")
+                .build(),
+            record_event_processed: meter
+                .u64_counter("telemetry-gateway.record_event.processed_events")
+                .with_description("Number of RecordEvent calls processed")
+                .build(),
+            published_message_size: meter
+                .u64_histogram("telemetry-gateway.pubsub.published_message_size")
+                .with_description("Size of published messages in bytes")
+                .with_unit("By")
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build(),
+            events_dropped: meter
+                .u64_counter("telemetry-gateway.events.dropped")
+                .with_description(
+                    "Events acknowledged without being published, by reason \
+                     (invalid, oversized, policy, rejected)",
+                )
+                .build(),
+            auth_failures: meter
+                .u64_counter("telemetry-gateway.auth.failures")
+                .with_description("Streams and calls refused because the sender's identity did not check out, by reason")
+                .build(),
+            payloads_refused: meter
+                .u64_counter("telemetry-gateway.payloads.refused")
+                .with_description("Payloads refused before processing, by reason (memory_budget, rate_limit, too_large)")
+                .build(),
+            open_streams: meter
+                .i64_up_down_counter("telemetry-gateway.record_events.open_streams")
+                .with_description("RecordEvents streams currently open")
+                .build(),
+        }
+    }
+
+    /// A stream opened; the guard counts it as open until dropped.
+    pub fn stream_opened(&self) -> OpenStream {
+        self.open_streams.add(1, &[]);
+        OpenStream {
+            counter: self.open_streams.clone(),
+        }
+    }
+
+    /// A `RecordEvents` stream ended: `total` events across its payloads.
+    pub fn stream_ended(&self, total: usize, failed: bool, source: &str) {
+        self.total_length.record(
+            total as u64,
+            &[
+                KeyValue::new("error", failed),
+                KeyValue::new("source", source.to_string()),
+            ],
+        );
+    }
+
+    /// The size of an event's published message, whether or not it turns out oversized.
+    pub fn message_rendered(&self, bytes: usize) {
+        self.published_message_size.record(bytes as u64, &[]);
+    }
+
+    /// A payload was processed.
+    pub fn payload_processed(&self, summary: &Summary, source: &str) {
+        let result = KeyValue::new("result", summary.result.as_str());
+        let source_kv = KeyValue::new("source", source.to_string());
+        self.payload_length.record(
+            summary.submitted as u64,
+            &[result.clone(), source_kv.clone()],
+        );
+        // As the original: twice per payload, either count possibly zero.
+        self.processed_events.add(
+            summary.succeeded.len() as u64,
+            &[
+                KeyValue::new("succeeded", true),
+                result.clone(),
+                source_kv.clone(),
+            ],
+        );
+        self.processed_events.add(
+            summary.failed.len() as u64,
+            &[KeyValue::new("succeeded", false), result, source_kv.clone()],
+        );
+        for reason in [
+            DropReason::Invalid,
+            DropReason::Oversized,
+            DropReason::Policy,
+            DropReason::Rejected,
+        ] {
+            let count = summary
+                .dropped
+                .iter()
+                .filter(|d| d.reason == reason)
+                .count();
+            if count > 0 {
+                self.events_dropped.add(
+                    count as u64,
+                    &[KeyValue::new("reason", reason.as_str()), source_kv.clone()],
+                );
+            }
+        }
+    }
+
+    /// An event was dropped outside a payload summary (the unary call's oversized event).
+    pub fn event_dropped(&self, reason: DropReason, source: &str) {
+        self.events_dropped.add(
+            1,
+            &[
+                KeyValue::new("reason", reason.as_str()),
+                KeyValue::new("source", source.to_string()),
+            ],
+        );
+    }
+
+    /// A unary `RecordEvent` call that got as far as publishing ended.
+    pub fn record_event_processed(&self, failed: bool, source: &str) {
+        self.record_event_processed.add(
+            1,
+            &[
+                KeyValue::new("error", failed),
+                KeyValue::new("source", source.to_string()),
+            ],
+        );
+    }
+
+    /// A stream or call was refused for who sent it, if `err` is that kind of refusal.
+    pub fn request_failed(&self, err: &ServerError) {
+        if let Some(reason) = auth_failure_reason(err) {
+            self.auth_failures
+                .add(1, &[KeyValue::new("reason", reason)]);
+        }
+    }
+
+    /// A payload was refused before processing (`memory_budget`, `rate_limit`, `too_large`).
+    pub fn payload_refused(&self, reason: &'static str) {
+        self.payloads_refused
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+}
+
+/// Counts a stream as open until dropped.
+#[derive(Debug)]
+pub struct OpenStream {
+    counter: UpDownCounter<i64>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.counter.add(-1, &[]);
+    }
+}
+
+/// The `reason` label of an authentication failure, or `None` for other errors.
+pub fn auth_failure_reason(err: &ServerError) -> Option<&'static str> {
+    Some(match err {
+        ServerError::InvalidLicenseKey(_) => "invalid_license_key",
+        ServerError::MissingInstanceId => "missing_instance_id",
+        ServerError::MissingServiceId => "missing_service_id",
+        ServerError::UnsupportedIdentifier => "unsupported_identifier",
+        ServerError::ManagedAuth(auth) => match auth {
+            ManagedAuthError::NoTokenHeader | ManagedAuthError::NoTokenHeaderValue => {
+                "missing_token"
+            }
+            ManagedAuthError::InvalidTokenHeader(_) => "invalid_token_header",
+            ManagedAuthError::IntrospectionFailed => "token_check_failed",
+            ManagedAuthError::PermissionDenied => "permission_denied",
+            ManagedAuthError::NotConfigured(_) => "managed_auth_not_configured",
+            ManagedAuthError::Canceled => return None,
+        },
+        _ => return None,
+    })
+}
