@@ -1,6 +1,8 @@
 //! Every error a sender can see, and its gRPC status: the one place where codes and the
 //! contract's exact messages are decided.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 
 use crate::managed::ManagedAuthError;
@@ -44,6 +46,28 @@ pub enum ServerError {
     /// The gateway is draining for shutdown; the sender should retry elsewhere or later.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The gateway holds as many bytes of events as its memory budget allows.
+    #[error(
+        "the gateway is over its memory budget for events in flight; retry in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    OverBudget {
+        /// When the sender should try again.
+        retry_after: Duration,
+    },
+    /// The sender exceeded its events-per-second limit.
+    #[error(
+        "rate limit of {limit} events per second exceeded for {sender}; retry in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    RateLimited {
+        /// Who (the instance ID or service ID).
+        sender: String,
+        /// The configured limit.
+        limit: u32,
+        /// When the sender should try again.
+        retry_after: Duration,
+    },
 }
 
 impl ServerError {
@@ -60,15 +84,37 @@ impl ServerError {
             ServerError::UnsupportedIdentifier => Code::Unimplemented,
             ServerError::PublishFailed(_) => Code::Internal,
             ServerError::ManagedAuth(err) => err.code(),
-            ServerError::MessageTooLarge(_) => Code::ResourceExhausted,
+            ServerError::MessageTooLarge(_)
+            | ServerError::OverBudget { .. }
+            | ServerError::RateLimited { .. } => Code::ResourceExhausted,
             ServerError::ShuttingDown => Code::Unavailable,
         }
     }
 }
 
+impl ServerError {
+    /// When the sender should retry, for errors that say so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ServerError::OverBudget { retry_after }
+            | ServerError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// The trailer gRPC clients read as a retry hint (gRFC A6), in milliseconds.
+pub const RETRY_PUSHBACK_TRAILER: &str = "grpc-retry-pushback-ms";
+
 impl From<ServerError> for Status {
     fn from(err: ServerError) -> Status {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        if let Some(retry_after) = err.retry_after()
+            && let Ok(value) = retry_after.as_millis().to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_PUSHBACK_TRAILER, value);
+        }
+        status
     }
 }
 
@@ -138,6 +184,35 @@ mod tests {
             let status = Status::from(err);
             assert_eq!((status.code(), status.message()), (code, message));
         }
+    }
+
+    #[test]
+    fn refusals_for_load_carry_a_retry_hint() {
+        let status = Status::from(ServerError::OverBudget {
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "the gateway is over its memory budget for events in flight; retry in 1s"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_PUSHBACK_TRAILER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1500")
+        );
+        let limited = Status::from(ServerError::RateLimited {
+            sender: "instance abc".into(),
+            limit: 100,
+            retry_after: Duration::from_secs(2),
+        });
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        assert_eq!(
+            limited.message(),
+            "rate limit of 100 events per second exceeded for instance abc; retry in 2s"
+        );
     }
 
     #[test]
