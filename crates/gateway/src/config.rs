@@ -2,10 +2,12 @@
 //! (the doc comments are the `--help` text and `docs/configuration.md`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use telemetry_gateway_server::RateLimit;
 use telemetry_gateway_sink::BigQuerySinkConfig;
 use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub license: LicenseConfig,
     #[command(flatten)]
     pub sams: SamsConfig,
+    #[command(flatten)]
+    pub rate_limit: RateLimitConfig,
 
     /// Print "Sanity check passed, exiting without error" and exit 0 (a container smoke test).
     #[arg(long, env = "SANITY_CHECK", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set, help_heading = "Server")]
@@ -147,6 +151,27 @@ pub struct TelemetryConfig {
     /// Turn OpenTelemetry off: no metrics (`/metrics` is not served) and no traces.
     #[arg(long, env = "OTEL_SDK_DISABLED", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub otel_sdk_disabled: bool,
+
+    /// OTLP/gRPC endpoint (`http://collector:4317`, or `https://` with the public roots) to export
+    /// traces and metrics to; unset: no traces, and metrics only at `/metrics` (when `MSP` is not
+    /// true). Metrics are sent every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (default 60000);
+    /// spans in batches every `OTEL_BSP_SCHEDULE_DELAY` milliseconds (default 5000).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// OTLP/gRPC endpoint for traces only, instead of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+
+    /// OTLP/gRPC endpoint for metrics only, instead of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otel_exporter_otlp_metrics_endpoint: Option<String>,
+
+    /// Sentry DSN: when set, error-level logs that carry an error (failed publishes with their
+    /// event's feature, action and ID; cancellations excluded) and panics are reported to Sentry,
+    /// with `ENVIRONMENT_ID` as the environment.
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
 }
 
 /// How log lines are written.
@@ -319,6 +344,42 @@ pub struct LicenseConfig {
     /// events and acknowledge the rest without forwarding them.
     #[arg(long, env = "TELEMETRY_GATEWAY_LICENSE_ENFORCE_EXPORT_TAGS", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub enforce_export_tags: bool,
+}
+
+/// Optional per-sender rate limits, off by default.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Rate limits")]
+pub struct RateLimitConfig {
+    /// Most events per second accepted from one sender (an instance ID, or a managed service's
+    /// ID), on average. A payload over the limit ends its stream with `ResourceExhausted` and a
+    /// retry hint; it is not acknowledged, so the sender retries it. `0` turns the limit off.
+    #[arg(
+        long = "rate-limit-events-per-second",
+        env = "TELEMETRY_GATEWAY_RATE_LIMIT_EVENTS_PER_SECOND",
+        default_value_t = 0
+    )]
+    pub events_per_second: u32,
+
+    /// Most events one sender may send at once after a quiet spell; `0` means ten times the
+    /// rate. A larger payload passes once the sender has been quiet long enough to fill its
+    /// allowance, and is paid for by waiting before the next one.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "TELEMETRY_GATEWAY_RATE_LIMIT_BURST",
+        default_value_t = 0
+    )]
+    pub burst: u32,
+}
+
+impl RateLimitConfig {
+    /// The limit for each sender, or `None` when rate limiting is off.
+    pub fn limit(&self) -> Option<RateLimit> {
+        let rate = NonZeroU32::new(self.events_per_second)?;
+        let burst = NonZeroU32::new(self.burst)
+            .or_else(|| NonZeroU32::new(rate.get().saturating_mul(10)))
+            .unwrap_or(rate);
+        Some(RateLimit::new(rate, burst))
+    }
 }
 
 /// How managed services' SAMS tokens are checked.
@@ -575,5 +636,33 @@ impl LoggingConfig {
         } else {
             LogFormat::Text
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate_limit(events_per_second: u32, burst: u32) -> Option<(u32, u32)> {
+        RateLimitConfig {
+            events_per_second,
+            burst,
+        }
+        .limit()
+        .map(|limit| (limit.events_per_second(), limit.burst()))
+    }
+
+    #[test]
+    fn rate_limits_are_off_by_default() {
+        let cli = Cli::try_parse_from(["telemetry-gateway"]).expect("no arguments parse");
+        assert_eq!(cli.config.rate_limit.limit(), None);
+        assert_eq!(rate_limit(0, 500), None, "a burst alone changes nothing");
+    }
+
+    #[test]
+    fn the_burst_defaults_to_ten_times_the_rate() {
+        assert_eq!(rate_limit(50, 0), Some((50, 500)));
+        assert_eq!(rate_limit(50, 20), Some((50, 20)));
+        assert_eq!(rate_limit(u32::MAX, 0), Some((u32::MAX, u32::MAX)));
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod config_docs;
+pub mod error_reporting;
 pub mod logging;
+pub mod otlp;
 pub mod send;
 pub mod sinks;
 pub mod telemetry;
@@ -15,8 +17,8 @@ use anyhow::Context;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_auth::sams::SamsClientConfig;
 use telemetry_gateway_server::{
-    EventGateway, EventPolicy, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer,
-    ServerOptions,
+    EventGateway, EventPolicy, InflightBudget, ManagedServiceAuthorizer, NotConfigured,
+    RateLimiter, SamsAuthorizer, ServerOptions,
 };
 use tokio::net::TcpListener;
 
@@ -77,7 +79,21 @@ pub async fn run(
         reject_expired_licenses: config.license.reject_expired_licenses,
         enforce_export_tags: config.license.enforce_export_tags,
     };
-    let gateway = Arc::new(EventGateway::new(sink.clone(), licenses, managed, policy));
+    let budget = InflightBudget::new(
+        config.server.max_inflight_bytes,
+        config.server.inflight_wait,
+    );
+    let mut gateway =
+        EventGateway::new(sink.clone(), licenses, managed, policy).with_budget(budget);
+    if let Some(limit) = config.rate_limit.limit() {
+        tracing::info!(
+            eventsPerSecond = limit.events_per_second(),
+            burst = limit.burst(),
+            "per-sender rate limit on"
+        );
+        gateway = gateway.with_rate_limiter(RateLimiter::new(limit));
+    }
+    let gateway = Arc::new(gateway);
     if config.server.diagnostics_secret.is_none() {
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }

@@ -10,8 +10,9 @@ use crate::config::LogFormat;
 /// A layer added next to the log output.
 pub type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-/// Installs the global subscriber. `level` is a level or a tracing filter directive; it applies
-/// to the log output and to `extra` layers alike.
+/// Installs the global subscriber. `level` is a level or a tracing filter directive for the log
+/// output; `extra` layers filter for themselves (so `SRC_LOG_LEVEL=error` still records spans and
+/// Sentry breadcrumbs).
 pub fn init(level: &str, format: LogFormat, extra: Vec<BoxedLayer>) -> anyhow::Result<()> {
     let mut filter = EnvFilter::try_new(level)
         .map_err(|err| anyhow::anyhow!("SRC_LOG_LEVEL: invalid level {level:?}: {err}"))?;
@@ -34,8 +35,7 @@ pub fn init(level: &str, format: LogFormat, extra: Vec<BoxedLayer>) -> anyhow::R
     let extra = (!extra.is_empty()).then_some(extra);
     tracing_subscriber::registry()
         .with(extra)
-        .with(output)
-        .with(filter)
+        .with(output.with_filter(filter))
         .try_init()
         .map_err(|err| anyhow::anyhow!("installing the logger: {err}"))
 }

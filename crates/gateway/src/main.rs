@@ -49,11 +49,14 @@ fn main() -> ExitCode {
             }
         };
         let ran = run(config, telemetry.prometheus.clone(), shutdown_signal()).await;
+        if let Err(err) = &ran {
+            // Before the shutdown, which closes Sentry.
+            tracing::error!(error = %format!("{err:#}"), "telemetry gateway failed");
+        }
         telemetry.shutdown();
         match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), "telemetry gateway failed");
                 eprintln!("telemetry-gateway: {err:#}");
                 ExitCode::FAILURE
             }

@@ -6,7 +6,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::config::Config;
+use crate::error_reporting::{self, ErrorReporting};
 use crate::logging;
+use crate::otlp::{self, OtlpTraces};
 
 /// The service name reported with metrics and traces.
 pub const SERVICE_NAME: &str = "telemetry-gateway";
@@ -16,29 +18,62 @@ pub struct Telemetry {
     meter_provider: Option<SdkMeterProvider>,
     /// The registry served at `/metrics` (only when `MSP` is not true).
     pub prometheus: Option<prometheus::Registry>,
+    /// The Sentry client, when `SENTRY_DSN` is set.
+    sentry: Option<ErrorReporting>,
+    /// The OTLP span exporter, when an OTLP endpoint for traces is set.
+    traces: Option<OtlpTraces>,
 }
 
 impl Telemetry {
     /// Installs logging and, unless `OTEL_SDK_DISABLED=true`, the OpenTelemetry meter provider
-    /// as the global one. Must run inside the Tokio runtime (exporters spawn tasks).
+    /// (and, with an OTLP endpoint for traces, the tracer provider) as the global ones. Must run
+    /// inside the Tokio runtime (exporters spawn tasks).
     pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         let format = config.logging.format(config.server.msp);
-        logging::init(&config.logging.log_level, format, Vec::new())?;
+        // Sentry starts before the first log line, so the runtime's threads inherit its client.
+        let sentry = ErrorReporting::init(
+            config.telemetry.sentry_dsn.as_deref(),
+            &config.server.environment_id,
+        )?;
+        let sentry_layer = sentry.as_ref().map(|_| error_reporting::layer());
+        // The span exporter exists before the subscriber, which feeds it through a layer.
+        let traces = if config.telemetry.otel_sdk_disabled {
+            None
+        } else {
+            OtlpTraces::start(&config.telemetry, resource())?
+        };
+        let mut extra: Vec<logging::BoxedLayer> = sentry_layer.into_iter().collect();
+        extra.extend(traces.as_ref().map(OtlpTraces::layer));
+        logging::init(&config.logging.log_level, format, extra)?;
+        match &sentry {
+            Some(sentry) => sentry.log_started(),
+            None => tracing::info!("SENTRY_DSN is not set: errors are not reported to Sentry"),
+        }
         if config.telemetry.otel_sdk_disabled {
             tracing::info!("OTEL_SDK_DISABLED=true: no metrics or traces are recorded");
             return Ok(Telemetry {
                 meter_provider: None,
                 prometheus: None,
+                sentry,
+                traces: None,
             });
         }
-        let resource = Resource::builder()
-            .with_service_name(SERVICE_NAME)
-            .with_attribute(opentelemetry::KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .build();
-        let mut meters = SdkMeterProvider::builder().with_resource(resource);
+        match &traces {
+            Some(traces) => tracing::info!(
+                endpoint = traces.endpoint(),
+                "traces go to OTLP at {}",
+                traces.endpoint()
+            ),
+            None => {
+                tracing::info!("OTEL_EXPORTER_OTLP_ENDPOINT is not set: traces are not exported")
+            }
+        }
+        let mut meters = SdkMeterProvider::builder().with_resource(resource());
+        if let Some(reader) = otlp::metric_reader(&config.telemetry)? {
+            meters = meters.with_reader(reader);
+            let endpoint = otlp::metrics_endpoint(&config.telemetry).unwrap_or_default();
+            tracing::info!(endpoint, "metrics go to OTLP at {endpoint}");
+        }
         let prometheus = if config.server.msp {
             None
         } else {
@@ -55,15 +90,35 @@ impl Telemetry {
         Ok(Telemetry {
             meter_provider: Some(meter_provider),
             prometheus,
+            sentry,
+            traces,
         })
     }
 
-    /// Flushes and stops the exporters.
+    /// Flushes and stops the exporters, then sends the queued Sentry reports.
     pub fn shutdown(self) {
+        if let Some(traces) = self.traces {
+            traces.shutdown();
+        }
         if let Some(provider) = self.meter_provider
             && let Err(err) = provider.shutdown()
         {
             tracing::warn!(error = %err, "shutting down the meter provider");
         }
+        // Last, so reports of the shutdown itself are sent too.
+        if let Some(sentry) = self.sentry {
+            sentry.close();
+        }
     }
+}
+
+/// Who reports the metrics and traces: `service.name` and `service.version`.
+fn resource() -> Resource {
+    Resource::builder()
+        .with_service_name(SERVICE_NAME)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build()
 }

@@ -167,6 +167,15 @@ fn help_lists_every_setting() {
         "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
         "SANITY_CHECK",
         "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT",
+        "TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES",
+        "TELEMETRY_GATEWAY_INFLIGHT_WAIT",
+        "TELEMETRY_GATEWAY_RATE_LIMIT_EVENTS_PER_SECOND",
+        "TELEMETRY_GATEWAY_RATE_LIMIT_BURST",
+        "OTEL_SDK_DISABLED",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "SENTRY_DSN",
     ] {
         assert!(
             help.contains(&format!("[env: {variable}")),

@@ -2,6 +2,8 @@
 //! Prometheus registry is given, `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,7 +12,11 @@ use axum::routing::get;
 use subtle::ConstantTimeEq;
 use telemetry_gateway_sink::EventSink;
 
+use crate::budget::InflightBudget;
 use crate::lifecycle::Lifecycle;
+
+/// How long `/-/ready` waits for the sink's health while starting.
+const STARTUP_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the diagnostics endpoints need.
 #[derive(Clone)]
@@ -25,6 +31,10 @@ pub struct Diagnostics {
     pub lifecycle: Lifecycle,
     /// The registry served at `/metrics`; no route without it.
     pub prometheus: Option<prometheus::Registry>,
+    /// The memory budget, for `/-/ready`.
+    pub budget: InflightBudget,
+    /// Set once the sink has passed a health check: until then the gateway is starting.
+    pub started: Arc<AtomicBool>,
 }
 
 /// The diagnostics routes.
@@ -70,13 +80,28 @@ async fn version(State(diagnostics): State<Arc<Diagnostics>>) -> String {
     diagnostics.version.clone()
 }
 
-/// Ready unless draining (no authentication: load balancers probe it).
-async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, &'static str) {
+/// Ready once started (the sink passed a health check), unless draining or over the memory
+/// budget. No authentication: load balancers probe it.
+async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, String) {
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"));
     if diagnostics.lifecycle.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining")
-    } else {
-        (StatusCode::OK, "ready")
+        return unavailable("draining".into());
     }
+    if !diagnostics.started.load(Ordering::Relaxed) {
+        match tokio::time::timeout(STARTUP_HEALTH_TIMEOUT, diagnostics.sink.health()).await {
+            Ok(Ok(())) => diagnostics.started.store(true, Ordering::Relaxed),
+            Ok(Err(err)) => return unavailable(format!("starting: {err}")),
+            Err(_) => return unavailable("starting: the sink health check timed out".into()),
+        }
+    }
+    if diagnostics.budget.is_exhausted() {
+        return unavailable(format!(
+            "over the memory budget ({} of {} bytes in flight)",
+            diagnostics.budget.used(),
+            diagnostics.budget.limit()
+        ));
+    }
+    (StatusCode::OK, "ready".into())
 }
 
 async fn healthz(

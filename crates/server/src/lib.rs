@@ -18,22 +18,26 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+pub mod budget;
 pub mod diagnostics;
 pub mod error;
 pub mod lifecycle;
 pub mod managed;
 pub mod metrics;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod service;
 pub mod source;
 pub mod tracing_context;
 
+pub use budget::InflightBudget;
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
 pub use lifecycle::Lifecycle;
 pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
 pub use metrics::Metrics;
 pub use pipeline::EventPolicy;
+pub use rate_limit::{RateLimit, RateLimiter};
 pub use service::{EventGateway, GrpcService};
 pub use source::{Source, SourceKind};
 
@@ -89,6 +93,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let lifecycle = gateway.lifecycle().clone();
+    let budget = gateway.budget().clone();
+    let _budget_gauges = gateway.metrics().observe_budget(&budget);
+    budget.count_refusals_in(gateway.metrics().clone());
     let routes = routes(gateway, &options).await?;
     let shutdown = async move {
         shutdown.await;
@@ -104,6 +111,7 @@ pub async fn serve(
     // (tens of ms); the server's own `tcp_nodelay` applies only to listeners it binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(budget::BudgetLayer::new(budget))
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -125,6 +133,8 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         sink: gateway.sink().clone(),
         lifecycle: gateway.lifecycle().clone(),
         prometheus: options.prometheus.clone(),
+        budget: gateway.budget().clone(),
+        started: Arc::default(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)

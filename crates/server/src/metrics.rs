@@ -5,8 +5,9 @@
 //! one is installed. `docs/metrics.md` lists every instrument; keep the two in step.
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter};
 
+use crate::budget::InflightBudget;
 use crate::error::ServerError;
 use crate::managed::ManagedAuthError;
 use crate::pipeline::{DropReason, Summary};
@@ -35,6 +36,7 @@ const COUNT_BUCKETS: &[f64] = &[
 /// The gateway's instruments.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    meter: Meter,
     total_length: Histogram<u64>,
     payload_length: Histogram<u64>,
     processed_events: Counter<u64>,
@@ -55,6 +57,7 @@ impl Metrics {
     /// Instruments from `meter`.
     pub fn new(meter: &Meter) -> Metrics {
         Metrics {
+            meter: meter.clone(),
             total_length: meter
                 .u64_histogram("telemetry-gateway.record_events.total_length")
                 .with_description("Total number of events in record_events requests")
@@ -93,13 +96,36 @@ impl Metrics {
                 .build(),
             payloads_refused: meter
                 .u64_counter("telemetry-gateway.payloads.refused")
-                .with_description("Payloads refused before processing, by reason (memory_budget, rate_limit, too_large)")
+                .with_description("Payloads refused before processing, by reason (memory_budget, rate_limit)")
                 .build(),
             open_streams: meter
                 .i64_up_down_counter("telemetry-gateway.record_events.open_streams")
                 .with_description("RecordEvents streams currently open")
                 .build(),
         }
+    }
+
+    /// Reports the bytes reserved in `budget` and its limit, whenever metrics are collected.
+    /// Keep the returned gauges for as long as they should be reported.
+    pub fn observe_budget(&self, budget: &InflightBudget) -> [ObservableGauge<u64>; 2] {
+        let used = budget.clone();
+        let limit = budget.limit() as u64;
+        [
+            self.meter
+                .u64_observable_gauge("telemetry-gateway.inflight.used")
+                .with_description(
+                    "Bytes of event payloads held against the memory budget (weighted wire size)",
+                )
+                .with_unit("By")
+                .with_callback(move |observer| observer.observe(used.used() as u64, &[]))
+                .build(),
+            self.meter
+                .u64_observable_gauge("telemetry-gateway.inflight.limit")
+                .with_description("The memory budget for event payloads in flight (0: none)")
+                .with_unit("By")
+                .with_callback(move |observer| observer.observe(limit, &[]))
+                .build(),
+        ]
     }
 
     /// A stream opened; the guard counts it as open until dropped.
@@ -197,7 +223,7 @@ impl Metrics {
         }
     }
 
-    /// A payload was refused before processing (`memory_budget`, `rate_limit`, `too_large`).
+    /// A payload was refused before processing (`memory_budget`, `rate_limit`).
     pub fn payload_refused(&self, reason: &'static str) {
         self.payloads_refused
             .add(1, &[KeyValue::new("reason", reason)]);

@@ -141,10 +141,15 @@ pub fn prepare_payload(
     prepared
 }
 
-/// Prepares a single event (the unary path): `Err` carries why it will not be published.
-pub fn prepare_single(mut event: Event, source: &Source) -> Result<Option<PreparedEvent>, String> {
+/// Prepares a single event (the unary path): `Err` carries why it will not be published. The
+/// rendered message's size, oversized or not, is appended to `sizes` (for metrics).
+pub fn prepare_single(
+    mut event: Event,
+    source: &Source,
+    sizes: &mut Vec<usize>,
+) -> Result<Option<PreparedEvent>, String> {
     migrate_legacy_metadata(&mut event);
-    match prepare_event(&event, source, &mut Vec::new(), &mut Vec::new()) {
+    match prepare_event(&event, source, &mut Vec::new(), sizes) {
         Ok(ready) => Ok(Some(ready)),
         Err(Disposition::Drop(..)) => Ok(None),
         Err(Disposition::Invalid(reason)) => Err(reason),

@@ -18,16 +18,18 @@ use telemetry_gateway_sink::{EventSink, PublishOutcome};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::budget::{InflightBudget, StreamLedger, WEIGHT};
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::metrics::Metrics;
 use crate::pipeline::DropReason;
 use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
+use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 use crate::tracing_context::link_sender_trace;
 
@@ -51,6 +53,8 @@ pub struct EventGateway {
     policy: EventPolicy,
     lifecycle: Lifecycle,
     metrics: Metrics,
+    budget: InflightBudget,
+    rate_limiter: Option<RateLimiter>,
 }
 
 impl EventGateway {
@@ -68,7 +72,36 @@ impl EventGateway {
             policy,
             lifecycle: Lifecycle::default(),
             metrics: Metrics::global(),
+            budget: InflightBudget::unlimited(),
+            rate_limiter: None,
         }
+    }
+
+    /// Bounds the bytes of payloads held at once by `budget`.
+    pub fn with_budget(mut self, budget: InflightBudget) -> EventGateway {
+        self.budget = budget;
+        self
+    }
+
+    /// The memory budget of payloads in flight.
+    pub fn budget(&self) -> &InflightBudget {
+        &self.budget
+    }
+
+    /// Limits each sender's events per second by `limiter` (no limit by default).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> EventGateway {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// Takes `events` from `source`'s rate limit, if there is one; a refusal is counted.
+    fn check_rate_limit(&self, source: &Source, events: usize) -> Result<(), ServerError> {
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(());
+        };
+        limiter
+            .check(source.rate_limit_key(), events)
+            .inspect_err(|_| self.metrics.payload_refused("rate_limit"))
     }
 
     /// Records metrics with `metrics` instead of the global meter provider's instruments.
@@ -191,12 +224,12 @@ impl EventGateway {
     ) -> Summary {
         let span = tracing::info_span!(
             "handlePublishEvents",
-            events = events.len(),
+            events = count_attribute(events.len()),
             source = source.publisher_source(),
             result = Empty,
             failed = Empty,
             otel.status_code = Empty,
-            otel.status_message = Empty,
+            otel.status_description = Empty,
         );
         async {
             let started = Instant::now();
@@ -220,9 +253,9 @@ impl EventGateway {
             let span = tracing::Span::current();
             span.record("result", summary.result.as_str());
             if !summary.failed.is_empty() {
-                span.record("failed", summary.failed.len());
+                span.record("failed", count_attribute(summary.failed.len()));
                 span.record("otel.status_code", "ERROR");
-                span.record("otel.status_message", summary.result.message());
+                span.record("otel.status_description", summary.result.message());
             }
             self.metrics
                 .payload_processed(&summary, source.publisher_source());
@@ -239,9 +272,14 @@ impl EventGateway {
         self: Arc<Self>,
         headers: MetadataMap,
         mut inbound: Streaming<RecordEventsRequest>,
+        ledger: Arc<StreamLedger>,
         responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
         _work: ActiveWork,
     ) {
+        // Compressed messages reserve by their wire size; the decoded size is topped up.
+        let compressed = headers
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding != "identity");
         let _open = self.metrics.stream_opened();
         let started = Instant::now();
         let mut source: Option<Source> = None;
@@ -257,8 +295,22 @@ impl EventGateway {
             let message = match received {
                 Ok(Some(message)) => message,
                 Ok(None) => break Ok(()),
+                // Counted and logged by the budget.
+                Err(_) if ledger.was_refused() => break Err(self.budget.refusal().into()),
                 Err(status) => break Err(receive_error(status)),
             };
+            // Held until this message is answered: its share of the memory budget.
+            let mut reservation = ledger.take();
+            if compressed {
+                let decoded = prost::Message::encoded_len(&message);
+                let covered = reservation.bytes() / WEIGHT;
+                if decoded > covered {
+                    match self.budget.reserve(decoded - covered).await {
+                        Ok(extra) => reservation.merge(extra),
+                        Err(err) => break Err(err.into()),
+                    }
+                }
+            }
             match message.payload {
                 None => continue,
                 Some(Payload::Metadata(metadata)) => {
@@ -287,6 +339,9 @@ impl EventGateway {
                     let Some(source) = source.as_ref() else {
                         break Err(ServerError::EventsBeforeMetadata.into());
                     };
+                    if let Err(err) = self.check_rate_limit(source, payload.events.len()) {
+                        break Err(err.into());
+                    }
                     total_events += payload.events.len();
                     let summary = self
                         .process_payload_until(source, payload.events, responses.closed())
@@ -305,11 +360,12 @@ impl EventGateway {
         let duration = started.elapsed();
         self.metrics
             .stream_ended(total_events, outcome.is_err(), publisher);
+        let span = tracing::Span::current();
+        let code = outcome.as_ref().map_or_else(Status::code, |()| Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
         if let Err(status) = &outcome {
-            let span = tracing::Span::current();
-            span.record("rpc.grpc.status_code", status.code() as i32);
             span.record("otel.status_code", "ERROR");
-            span.record("otel.status_message", status.message());
+            span.record("otel.status_description", status.message());
         }
         match &outcome {
             Err(status) => tracing::warn!(
@@ -371,13 +427,24 @@ impl EventGateway {
         }
         let source = self.identify(&metadata, headers).await?;
         tracing::Span::current().record("source", source.publisher_source());
+        self.check_rate_limit(&source, 1)?;
         let (id, feature, action) = (
             event.id.clone(),
             event.feature.clone(),
             event.action.clone(),
         );
-        let Some(prepared) = prepare_single(event, &source).map_err(ServerError::InvalidEvent)?
-        else {
+        let mut sizes = Vec::with_capacity(1);
+        let prepared = prepare_single(event, &source, &mut sizes);
+        for &size in &sizes {
+            self.metrics.message_rendered(size);
+        }
+        let prepared = prepared.map_err(|reason| {
+            // Past identification, as the original counts: an invalid event is a failed call.
+            self.metrics
+                .record_event_processed(true, source.publisher_source());
+            ServerError::InvalidEvent(reason)
+        })?;
+        let Some(prepared) = prepared else {
             // Deliberately dropped (oversized): reported as success, as the original does.
             self.metrics
                 .event_dropped(DropReason::Oversized, source.publisher_source());
@@ -385,7 +452,6 @@ impl EventGateway {
                 .record_event_processed(false, source.publisher_source());
             return Ok(());
         };
-        self.metrics.message_rendered(prepared.payload.len());
         let outcome = self.sink.publish(std::slice::from_ref(&prepared)).await;
         let failed = !matches!(outcome.first(), Some(PublishOutcome::Delivered));
         self.metrics
@@ -496,6 +562,8 @@ fn log_summary(summary: &Summary, source: &Source, duration: Duration, canceled:
 /// sender must not be able to attach our spans to its traces (or sample them away).
 fn rpc_span(method: &'static str, headers: &MetadataMap) -> tracing::Span {
     let span = tracing::info_span!(
+        // A root whatever span is current: each RPC starts a trace of its own.
+        parent: None,
         "telemetrygateway.v1.TelemeteryGatewayService",
         otel.name = format!("telemetrygateway.v1.TelemeteryGatewayService/{method}"),
         otel.kind = "server",
@@ -505,10 +573,16 @@ fn rpc_span(method: &'static str, headers: &MetadataMap) -> tracing::Span {
         rpc.grpc.status_code = Empty,
         source = Empty,
         otel.status_code = Empty,
-        otel.status_message = Empty,
+        otel.status_description = Empty,
     );
     link_sender_trace(&span, headers);
     span
+}
+
+/// A count as a span attribute: the OpenTelemetry layer turns `usize` (recorded as `u64`) into a
+/// string, and `i64` into an integer.
+fn count_attribute(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// The tonic service: a thin adapter from gRPC to [`EventGateway`].
@@ -539,14 +613,18 @@ impl TelemeteryGatewayService for GrpcService {
             .lifecycle
             .enter()
             .ok_or(ServerError::ShuttingDown)?;
-        let (headers, _, inbound) = request.into_parts();
+        let (headers, extensions, inbound) = request.into_parts();
+        let ledger = extensions
+            .get::<Arc<StreamLedger>>()
+            .cloned()
+            .unwrap_or_default();
         let span = rpc_span("RecordEvents", &headers);
         // Room for one response while the next payload is processed.
         let (responses, receiver) = mpsc::channel(2);
         tokio::spawn(
             self.gateway
                 .clone()
-                .run_stream(headers, inbound, responses, work)
+                .run_stream(headers, inbound, ledger, responses, work)
                 .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -561,17 +639,22 @@ impl TelemeteryGatewayService for GrpcService {
             .lifecycle
             .enter()
             .ok_or(ServerError::ShuttingDown)?;
-        let (headers, _, request) = request.into_parts();
+        let (headers, extensions, request) = request.into_parts();
+        // Held until the call is answered: the event's share of the memory budget.
+        let _reservation = extensions
+            .get::<Arc<StreamLedger>>()
+            .map(|ledger| ledger.take());
         let span = rpc_span("RecordEvent", &headers);
         let result = self
             .gateway
             .record_event(request, &headers)
             .instrument(span.clone())
             .await;
+        let code = result.as_ref().map_or_else(|err| err.code(), |_| Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
         if let Err(err) = &result {
-            span.record("rpc.grpc.status_code", err.code() as i32);
             span.record("otel.status_code", "ERROR");
-            span.record("otel.status_message", err.to_string());
+            span.record("otel.status_description", err.to_string());
         }
         result?;
         Ok(Response::new(RecordEventResponse {}))

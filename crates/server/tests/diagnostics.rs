@@ -140,3 +140,25 @@ async fn reflection_lists_the_gateway_service() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn ready_waits_for_the_sink_to_pass_a_health_check_while_starting() {
+    let sink = Arc::new(RecordingSink::new());
+    sink.set_health(Err("topic does not exist".into()));
+    let gateway = gateway_with_secret(sink.clone(), None).await;
+    let starting = get(gateway.addr, "/-/ready", None).await.expect("served");
+    assert_eq!(
+        (starting.status, starting.body.as_str()),
+        (503, "not ready: starting: recording: topic does not exist")
+    );
+    sink.set_health(Ok(()));
+    let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+    // Once started, a sink outage is for /-/healthz to report: readiness only tracks draining
+    // and the memory budget, so a brief outage does not take every instance out of rotation.
+    sink.set_health(Err("topic does not exist".into()));
+    let still = get(gateway.addr, "/-/ready", None).await.expect("served");
+    assert_eq!(still.status, 200);
+    let health = get(gateway.addr, "/-/healthz", None).await.expect("served");
+    assert_eq!(health.status, 500);
+}

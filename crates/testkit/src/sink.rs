@@ -13,6 +13,7 @@ type OutcomeFn = dyn Fn(&PreparedEvent) -> PublishOutcome + Send + Sync;
 pub struct RecordingSink {
     published: Mutex<Vec<PreparedEvent>>,
     batches: AtomicUsize,
+    in_progress: AtomicUsize,
     outcome: Box<OutcomeFn>,
     delay: Option<Duration>,
     healthy: Mutex<Result<(), String>>,
@@ -31,6 +32,7 @@ impl RecordingSink {
         RecordingSink {
             published: Mutex::new(Vec::new()),
             batches: AtomicUsize::new(0),
+            in_progress: AtomicUsize::new(0),
             outcome: Box::new(outcome),
             delay: None,
             healthy: Mutex::new(Ok(())),
@@ -67,6 +69,11 @@ impl RecordingSink {
         self.batches.load(Ordering::SeqCst)
     }
 
+    /// How many `publish` calls have started and not yet returned.
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::SeqCst)
+    }
+
     /// Sets what `health()` reports.
     pub fn set_health(&self, health: Result<(), String>) {
         if let Ok(mut current) = self.healthy.lock() {
@@ -89,7 +96,9 @@ impl EventSink for RecordingSink {
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         if let Some(delay) = self.delay {
+            self.in_progress.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(delay).await;
+            self.in_progress.fetch_sub(1, Ordering::SeqCst);
         }
         self.batches.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut published) = self.published.lock() {

@@ -59,6 +59,28 @@ impl GatewayProcess {
         }
     }
 
+    /// Every log line so far; after the process has exited, every line it wrote.
+    pub fn lines(&mut self) -> Vec<Value> {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        loop {
+            let next = if exited {
+                // The reader thread ends with the pipe: wait for the rest.
+                self.lines.recv_timeout(Duration::from_secs(10)).ok()
+            } else {
+                self.lines.try_recv().ok()
+            };
+            match next {
+                Some(line) => self.seen.push(line),
+                None => return self.seen.clone(),
+            }
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The process's working directory (the file sink writes under `data/events` there).
     pub fn dir(&self) -> &Path {
         self.dir.path()

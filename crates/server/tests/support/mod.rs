@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_proto::v1::telemetery_gateway_service_client::TelemeteryGatewayServiceClient;
 use telemetry_gateway_server::{
-    EventGateway, EventPolicy, ManagedAuthError, ManagedServiceAuthorizer, NotConfigured,
-    ServerOptions,
+    EventGateway, EventPolicy, InflightBudget, ManagedAuthError, ManagedServiceAuthorizer,
+    NotConfigured, RateLimiter, ServerOptions,
 };
 use telemetry_gateway_sink::EventSink;
 use telemetry_gateway_testkit::RecordingSink;
@@ -38,6 +38,9 @@ pub struct Setup {
     pub managed: Arc<dyn ManagedServiceAuthorizer>,
     pub policy: EventPolicy,
     pub options: ServerOptions,
+    pub budget: InflightBudget,
+    /// Per-sender rate limits; none by default.
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 impl Default for Setup {
@@ -48,6 +51,8 @@ impl Default for Setup {
             managed: Arc::new(NotConfigured),
             policy: EventPolicy::default(),
             options: ServerOptions::default(),
+            budget: InflightBudget::unlimited(),
+            rate_limiter: None,
         }
     }
 }
@@ -81,12 +86,12 @@ impl TestGateway {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("local address");
-        let gateway = Arc::new(EventGateway::new(
-            setup.sink,
-            setup.licenses,
-            setup.managed,
-            setup.policy,
-        ));
+        let gateway = EventGateway::new(setup.sink, setup.licenses, setup.managed, setup.policy)
+            .with_budget(setup.budget);
+        let gateway = Arc::new(match setup.rate_limiter {
+            Some(limiter) => gateway.with_rate_limiter(limiter),
+            None => gateway,
+        });
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let stop = async {
