@@ -85,8 +85,8 @@ async fn diagnostics_are_served_on_the_grpc_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_services_are_checked_at_the_configured_sams() {
-    use telemetry_gateway_proto::v1::RecordEventRequest;
-    use telemetry_gateway_testkit::events::{managed_metadata, simple_event};
+    use telemetry_gateway_testkit::client::managed_event_request;
+    use telemetry_gateway_testkit::events::simple_event;
     use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
 
     let sams = FakeSams::start().await;
@@ -106,15 +106,7 @@ async fn managed_services_are_checked_at_the_configured_sams() {
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await
         .expect("connect");
-    let call = |token: &str, id: &str| {
-        let mut request = tonic::Request::new(RecordEventRequest {
-            metadata: Some(managed_metadata("my-service")),
-            event: Some(simple_event(id)),
-        });
-        let value = format!("Bearer {token}").parse().expect("ASCII");
-        request.metadata_mut().insert("authorization", value);
-        request
-    };
+    let call = |token: &str, id: &str| managed_event_request("my-service", simple_event(id), token);
     client
         .record_event(call("svc-token", "managed-1"))
         .await

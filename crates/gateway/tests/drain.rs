@@ -10,7 +10,7 @@ use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 use telemetry_gateway_testkit::fake_bigquery::FakeBigQuery;
 use telemetry_gateway_testkit::http::get;
 
-use support::GatewayProcess;
+use support::{GatewayProcess, wait_until_held};
 
 /// A gateway whose only sink is a BigQuery endpoint answering after `delay`.
 async fn gateway_with_slow_sink(
@@ -56,18 +56,6 @@ async fn send_held_payload(
     });
     wait_until_held(fake).await;
     held
-}
-
-/// Waits until the fake has received an insert (the payload is held by the slow sink).
-async fn wait_until_held(fake: &FakeBigQuery) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake.max_in_flight() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the payload never reached the sink"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -284,8 +284,8 @@ async fn with_the_sdk_disabled_nothing_is_exported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_service_call_has_a_scope_check_span_and_a_refusal_an_error_status() {
-    use telemetry_gateway_proto::v1::RecordEventRequest;
-    use telemetry_gateway_testkit::events::{managed_metadata, simple_event};
+    use telemetry_gateway_testkit::client::managed_event_request;
+    use telemetry_gateway_testkit::events::simple_event;
     use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
 
     let sams = FakeSams::start().await;
@@ -306,15 +306,7 @@ async fn a_managed_service_call_has_a_scope_check_span_and_a_refusal_an_error_st
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await
         .expect("connect");
-    let call = |token: &str, id: &str| {
-        let mut request = tonic::Request::new(RecordEventRequest {
-            metadata: Some(managed_metadata("my-service")),
-            event: Some(simple_event(id)),
-        });
-        let value = format!("Bearer {token}").parse().expect("ASCII");
-        request.metadata_mut().insert("authorization", value);
-        request
-    };
+    let call = |token: &str, id: &str| managed_event_request("my-service", simple_event(id), token);
     client
         .record_event(call("svc-token", "managed-1"))
         .await

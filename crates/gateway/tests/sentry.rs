@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequestMetadata, RecordEventsResponse};
@@ -15,7 +15,7 @@ use telemetry_gateway_testkit::fake_bigquery::{FakeBigQuery, InsertReply};
 use telemetry_gateway_testkit::fake_sentry::FakeSentry;
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 
-use support::{GatewayProcess, run_to_completion};
+use support::{GatewayProcess, run_to_completion, wait_until_held};
 
 /// The `ENVIRONMENT_ID` the gateways under test run with.
 const ENVIRONMENT: &str = "sentry-test-environment";
@@ -80,18 +80,6 @@ fn protocol_event(json: &Value) -> sentry::protocol::Event<'static> {
 
 fn tag<'a>(event: &'a sentry::protocol::Event<'static>, name: &str) -> Option<&'a str> {
     event.tags.get(name).map(String::as_str)
-}
-
-/// Waits until the fake BigQuery holds an insert.
-async fn wait_until_held(bigquery: &FakeBigQuery) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while bigquery.max_in_flight() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the payload never reached the sink"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use telemetry_gateway_proto::v1::record_events_request::{EventsPayload, Payload};
 use telemetry_gateway_proto::v1::telemetery_gateway_service_client::TelemeteryGatewayServiceClient;
 use telemetry_gateway_proto::v1::{
-    Event, RecordEventsRequest, RecordEventsRequestMetadata, RecordEventsResponse,
+    Event, RecordEventRequest, RecordEventsRequest, RecordEventsRequestMetadata,
+    RecordEventsResponse,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -22,6 +23,24 @@ pub async fn connect(
     Ok(TelemeteryGatewayServiceClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20))
+}
+
+/// A unary `RecordEvent` request from managed service `service_id`, carrying
+/// `authorization: Bearer <token>`.
+pub fn managed_event_request(
+    service_id: &str,
+    event: Event,
+    token: &str,
+) -> Request<RecordEventRequest> {
+    let mut request = Request::new(RecordEventRequest {
+        metadata: Some(crate::events::managed_metadata(service_id)),
+        event: Some(event),
+    });
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a token in a header value is ASCII");
+    request.metadata_mut().insert("authorization", value);
+    request
 }
 
 /// A metadata message.

@@ -198,3 +198,15 @@ pub fn run_to_completion(env: &[(&str, &str)], args: &[&str]) -> Output {
     }
     child.wait_with_output().expect("output")
 }
+
+/// Waits (up to 10 s) until `fake` holds an insert: a payload is held by the slow sink.
+pub async fn wait_until_held(fake: &telemetry_gateway_testkit::fake_bigquery::FakeBigQuery) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.max_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the payload never reached the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
