@@ -82,9 +82,10 @@ pub struct ServerConfig {
     #[arg(long, env = "MSP", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub msp: bool,
 
-    /// How long in-flight payloads may take to finish after SIGTERM or SIGINT before the gateway
-    /// exits anyway (unfinished payloads are not acknowledged; senders retry them): `10s`,
-    /// `1500ms`, `1m`, or plain seconds.
+    /// How long in-flight payloads and the sink flush may take together after SIGTERM or SIGINT
+    /// before the gateway exits anyway (unfinished payloads are not acknowledged; senders retry
+    /// them); sending queued traces, metrics and Sentry reports takes up to a few seconds more:
+    /// `10s`, `1500ms`, `1m`, or plain seconds.
     #[arg(long, env = "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: std::time::Duration,
 

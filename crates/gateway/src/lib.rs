@@ -24,6 +24,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, LicenseConfig, SamsConfig};
 
+/// However late the drain ends, the sink gets this long to flush what it buffered.
+const MIN_FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Builds the license verifier the configuration asks for.
 pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifier> {
     config.validate()?;
@@ -121,16 +124,20 @@ pub async fn run(
     });
     tokio::pin!(server);
     tokio::pin!(shutdown);
-    let deadline = config.server.shutdown_timeout;
+    // One deadline for the whole drain: finishing in-flight payloads and flushing the sink.
+    let timeout = config.server.shutdown_timeout;
+    let mut deadline = None;
     let served = tokio::select! {
         served = &mut server => served,
         () = &mut shutdown => {
+            let at = tokio::time::Instant::now() + timeout;
+            deadline = Some(at);
             let _ = stop.send(());
-            match tokio::time::timeout(deadline, &mut server).await {
+            match tokio::time::timeout_at(at, &mut server).await {
                 Ok(served) => served,
                 Err(_) => {
                     tracing::error!(
-                        timeout = ?deadline,
+                        timeout = ?timeout,
                         "shutdown deadline passed: in-flight payloads abandoned (not acknowledged)"
                     );
                     Ok(())
@@ -139,10 +146,14 @@ pub async fn run(
         }
     };
     tracing::info!("server stopped; flushing the sink");
-    let flushed = match tokio::time::timeout(deadline, sink.shutdown()).await {
+    // What is left of the deadline, but at least a moment for buffered events to go out.
+    let flush_by = deadline
+        .unwrap_or_else(|| tokio::time::Instant::now() + timeout)
+        .max(tokio::time::Instant::now() + MIN_FLUSH_TIME);
+    let flushed = match tokio::time::timeout_at(flush_by, sink.shutdown()).await {
         Ok(flushed) => flushed.map_err(anyhow::Error::from),
         Err(_) => Err(anyhow::anyhow!(
-            "the sink did not flush within {deadline:?}"
+            "the sink did not flush within the shutdown timeout ({timeout:?})"
         )),
     };
     served?;

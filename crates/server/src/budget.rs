@@ -3,19 +3,23 @@
 //! Admission happens on the wire, before a message is read: the request body of an events RPC
 //! is wrapped in [`BudgetedBody`], which parses gRPC's message framing (a 5-byte header carrying
 //! the message length) and, at the start of each message, reserves `length × WEIGHT` bytes of
-//! the budget before passing anything of the message on. While the budget is exhausted the body
-//! stops reading, so HTTP/2 flow control holds the rest of the message at the sender; a message
-//! not admitted within the wait gets `ResourceExhausted` with a retry hint. A reservation lives
-//! until the handler has answered its payload (or the stream ends).
+//! the budget before passing anything of the message on, its header included (tonic sizes its
+//! buffer from the header). While the budget is exhausted the body stops reading, so HTTP/2
+//! flow control holds the rest of the message at the sender; a message not admitted within the
+//! wait gets `ResourceExhausted` with a retry hint. A reservation lives until the handler has
+//! answered its payload (or the stream ends).
 //!
-//! Admitting whole messages (never parts) means streams cannot deadlock holding halves of
-//! messages, and the semaphore behind the budget is fair, so a large payload is not starved by
-//! small ones. A single message larger than the whole budget is admitted alone.
+//! Admission is by whole messages, so the body never holds part of a message while waiting for
+//! room for it. The semaphore behind the budget is fair, so a large payload is not starved by
+//! small ones, and a single message larger than the whole budget is admitted alone. Because a
+//! reservation is made for a length the sender only declared, an admitted message that stops
+//! arriving for [`STALL_TIMEOUT`] ends its stream, and a stream's first message (the metadata,
+//! for `RecordEvents`) may not declare more than [`FIRST_MESSAGE_MAX_BYTES`].
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http_body::{Body as HttpBody, Frame};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 
@@ -34,6 +38,17 @@ use crate::metrics::Metrics;
 /// received bytes, the decoded events, their rendered JSON and the sink's copy. Measured with
 /// the memory test (crates/gateway/tests/memory.rs); see docs/operations.md.
 pub const WEIGHT: usize = 4;
+
+/// An admitted message whose bytes stop arriving for this long ends its stream.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most a stream's first message may declare: it carries only the sender's identity
+/// (`RecordEvents`) or one event (`RecordEvent`, whose events are dropped from 10 MB anyway).
+pub const FIRST_MESSAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// After a refusal, `/-/ready` stays not-ready for this long at least (while room is in use),
+/// so that probes see the pressure and readiness does not flap.
+const PRESSURE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The gRPC message header: a compression flag and a big-endian u32 length.
 const HEADER_LEN: usize = 5;
@@ -53,11 +68,14 @@ struct Inner {
     limit: usize,
     /// How long a message may wait for room.
     wait: Duration,
+    /// How long an admitted message's bytes may stop arriving.
+    stall_timeout: Duration,
     permits: Arc<Semaphore>,
     /// Messages waiting for room right now.
     waiting: AtomicUsize,
-    /// The cost of the last message that had to wait for room (0: none yet).
-    last_waited_cost: AtomicUsize,
+    /// When a message was last refused, in ms since `created` (0: never).
+    last_refusal_ms: AtomicU64,
+    created: Instant,
     /// Where refusals are counted, once the gateway's metrics are known.
     metrics: OnceLock<Metrics>,
 }
@@ -70,12 +88,23 @@ impl InflightBudget {
             inner: Arc::new(Inner {
                 limit,
                 wait,
+                stall_timeout: STALL_TIMEOUT,
                 permits: Arc::new(Semaphore::new(limit)),
                 waiting: AtomicUsize::new(0),
-                last_waited_cost: AtomicUsize::new(0),
+                last_refusal_ms: AtomicU64::new(0),
+                created: Instant::now(),
                 metrics: OnceLock::new(),
             }),
         }
+    }
+
+    /// Ends streams whose admitted message stops arriving for `timeout` instead of
+    /// [`STALL_TIMEOUT`] (tests use a short one).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> InflightBudget {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.stall_timeout = timeout;
+        }
+        self
     }
 
     /// No budget: everything is admitted at once.
@@ -93,26 +122,25 @@ impl InflightBudget {
         self.inner.limit - self.inner.permits.available_permits()
     }
 
-    /// Whether the gateway is over its budget: messages are waiting for room, or the room left
-    /// would not fit the last message that had to wait (a sender refused now would be refused
-    /// again). Clears as soon as that much room is free.
+    /// Whether the gateway is over its budget: the budget is used up, messages are waiting for
+    /// room, or one was refused within the last [`PRESSURE_WINDOW`] (or wait, if longer) and
+    /// room is still in use.
     pub fn is_exhausted(&self) -> bool {
         let inner = &self.inner;
         if inner.limit == 0 {
             return false;
         }
-        let available = inner.permits.available_permits();
-        available == 0
-            || inner.waiting.load(Ordering::Relaxed) > 0
-            || available < inner.last_waited_cost.load(Ordering::Relaxed)
+        if inner.permits.available_permits() == 0 || inner.waiting.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let last = inner.last_refusal_ms.load(Ordering::Relaxed);
+        let window = PRESSURE_WINDOW.max(inner.wait).as_millis() as u64;
+        last > 0 && self.now_ms().saturating_sub(last) < window && self.used() > 0
     }
 
-    /// Notes that a message costing `cost` has to wait for room.
-    fn start_waiting(&self, cost: u32) {
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .last_waited_cost
-            .store(cost as usize, Ordering::Relaxed);
+    /// Milliseconds since the budget was made, at least 1 (0 means "never").
+    fn now_ms(&self) -> u64 {
+        (self.inner.created.elapsed().as_millis() as u64).max(1)
     }
 
     /// The retry hint given to refused senders.
@@ -135,6 +163,9 @@ impl InflightBudget {
 
     /// Refuses a message: counts and logs it, and returns the error for the sender.
     fn refuse(&self) -> ServerError {
+        self.inner
+            .last_refusal_ms
+            .store(self.now_ms(), Ordering::Relaxed);
         if let Some(metrics) = self.inner.metrics.get() {
             metrics.payload_refused("memory_budget");
         }
@@ -156,31 +187,68 @@ impl InflightBudget {
         u32::try_from(cost).unwrap_or(u32::MAX)
     }
 
-    /// Reserves room for `len` more bytes (a decompressed payload outgrowing what its wire
-    /// size reserved), waiting as for a new message.
-    pub async fn reserve(&self, len: usize) -> Result<Reservation, ServerError> {
+    /// Takes room for a message of `len` bytes if there is some now.
+    fn try_reserve(&self, len: usize) -> Option<Reservation> {
         if self.inner.limit == 0 || len == 0 {
-            return Ok(Reservation::none());
+            return Some(Reservation::none());
         }
-        let cost = self.cost(len);
-        if let Ok(permit) = self.inner.permits.clone().try_acquire_many_owned(cost) {
-            return Ok(Reservation {
-                permit: Some(permit),
-            });
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(self.cost(len))
+            .ok()?;
+        Some(Reservation {
+            permit: Some(permit),
+        })
+    }
+
+    /// Reserves room for a message of `len` bytes, waiting as a new message would.
+    pub async fn reserve(&self, len: usize) -> Result<Reservation, ServerError> {
+        if let Some(reservation) = self.try_reserve(len) {
+            return Ok(reservation);
         }
-        self.start_waiting(cost);
-        let acquired = tokio::time::timeout(
-            self.inner.wait,
-            self.inner.permits.clone().acquire_many_owned(cost),
-        )
-        .await;
-        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        match acquired {
+        let _waiting = Waiting::start(self);
+        let acquire = self
+            .inner
+            .permits
+            .clone()
+            .acquire_many_owned(self.cost(len));
+        match tokio::time::timeout(self.inner.wait, acquire).await {
             Ok(Ok(permit)) => Ok(Reservation {
                 permit: Some(permit),
             }),
             _ => Err(self.refuse()),
         }
+    }
+
+    /// Grows `reservation` to cover a message of `len` bytes (a compressed message's decoded
+    /// size). Never waits while holding room: if the difference is not free now, the held room
+    /// is given back and the whole amount waited for as a new message.
+    pub async fn grow(
+        &self,
+        reservation: Reservation,
+        len: usize,
+    ) -> Result<Reservation, ServerError> {
+        let needed = self.cost(len) as usize;
+        let held = reservation.bytes();
+        if self.inner.limit == 0 || needed <= held {
+            return Ok(reservation);
+        }
+        let mut reservation = reservation;
+        if let Ok(extra) = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(needed - held).unwrap_or(u32::MAX))
+        {
+            reservation.merge(Reservation {
+                permit: Some(extra),
+            });
+            return Ok(reservation);
+        }
+        drop(reservation);
+        self.reserve(len).await
     }
 
     /// Wraps the request body of an events RPC and returns the stream's ledger of admitted
@@ -195,10 +263,32 @@ impl InflightBudget {
             budget: self.clone(),
             ledger: ledger.clone(),
             framing: Framing::default(),
-            pending: None,
+            messages: 0,
+            blocked: None,
             held: None,
+            stall: None,
         };
         (Body::new(wrapped), ledger)
+    }
+}
+
+/// Counts a message as waiting for room until dropped.
+struct Waiting {
+    budget: InflightBudget,
+}
+
+impl Waiting {
+    fn start(budget: &InflightBudget) -> Waiting {
+        budget.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            budget: budget.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.budget.inner.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -283,10 +373,10 @@ impl Default for Framing {
 }
 
 impl Framing {
-    /// Advances over `data`; returns the length of the first message whose header completes
-    /// in it, and how many bytes of `data` precede the end of that header. Stops there, so each
-    /// admission happens before the message's bytes are passed on.
-    fn advance(&mut self, data: &[u8]) -> (usize, Option<usize>) {
+    /// Advances over `data` up to the end of the first message header that completes in it.
+    /// Returns how many bytes were consumed and, if a header completed, the message's length and
+    /// where in `data` the header's bytes begin (0 when it began in an earlier chunk).
+    fn advance(&mut self, data: &[u8]) -> (usize, Option<(usize, usize)>) {
         let mut at = 0;
         while at < data.len() {
             match self {
@@ -294,12 +384,13 @@ impl Framing {
                     let take = (HEADER_LEN - *have).min(data.len() - at);
                     bytes[*have..*have + take].copy_from_slice(&data[at..at + take]);
                     *have += take;
+                    let header_start = at;
                     at += take;
                     if *have == HEADER_LEN {
                         let len =
                             u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
                         *self = Framing::Message { remaining: len };
-                        return (at, Some(len));
+                        return (at, Some((len, header_start)));
                     }
                 }
                 Framing::Message { remaining } => {
@@ -314,6 +405,15 @@ impl Framing {
         }
         (at, None)
     }
+
+    /// Whether the body is inside a message (its header or its bytes), as opposed to between
+    /// messages.
+    fn mid_message(&self) -> bool {
+        match self {
+            Framing::Header { have, .. } => *have > 0,
+            Framing::Message { .. } => true,
+        }
+    }
 }
 
 type Acquire = Pin<
@@ -324,11 +424,20 @@ type Acquire = Pin<
     >,
 >;
 
-/// A message waiting for room: the rest of the frame it started in, its acquisition, and the
-/// deadline.
-struct Pending {
+/// A message whose header has arrived but which has no room yet.
+struct Blocked {
+    cost: u32,
+    /// The header bytes of this chunk, passed on once the message is admitted.
+    header: Bytes,
+    /// Started on the first poll after the header arrived, so the wait is measured from when
+    /// the stream actually asks for the message.
+    waiting: Option<WaitingFor>,
+}
+
+struct WaitingFor {
     acquire: Acquire,
     deadline: Pin<Box<Sleep>>,
+    _counted: Waiting,
 }
 
 /// A request body that admits each gRPC message against the budget before passing it on.
@@ -337,73 +446,90 @@ struct BudgetedBody {
     budget: InflightBudget,
     ledger: Arc<StreamLedger>,
     framing: Framing,
-    /// The admission being waited for.
-    pending: Option<Pending>,
-    /// Bytes of the current frame not yet passed on (they follow a header awaiting admission).
+    /// Message headers seen so far.
+    messages: usize,
+    /// The message waiting for room, if any.
+    blocked: Option<Blocked>,
+    /// Bytes received after a blocked message's header, not yet scanned.
     held: Option<Bytes>,
+    /// Armed while the sender owes bytes of an admitted message.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl BudgetedBody {
-    /// Scans `data` from the start: admits messages whose headers are in it, returning the
-    /// prefix that may be passed on now and keeping the rest in `held`.
-    fn scan(&mut self, mut data: Bytes) -> Poll<Option<Bytes>> {
-        let mut passable = 0;
+    /// Scans `data`, admitting messages whose headers are in it. Returns what may be passed on
+    /// now; at a message without room, keeps its header in `blocked` and the rest in `held`.
+    fn scan(&mut self, mut data: Bytes) -> Result<Bytes, Status> {
+        let mut scanned = 0;
         loop {
-            let (consumed, header) = self.framing.advance(&data[passable..]);
-            passable += consumed;
-            let Some(len) = header else {
-                return Poll::Ready(Some(data));
+            let (consumed, header) = self.framing.advance(&data[scanned..]);
+            let Some((len, header_start)) = header else {
+                return Ok(data);
             };
-            let cost = self.budget.cost(len);
-            match self
-                .budget
-                .inner
-                .permits
-                .clone()
-                .try_acquire_many_owned(cost)
-            {
-                Ok(permit) => {
-                    self.ledger.push(Reservation {
-                        permit: Some(permit),
+            let header_start = scanned + header_start;
+            scanned += consumed;
+            self.messages += 1;
+            if self.messages == 1 && len > FIRST_MESSAGE_MAX_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the first message of a stream may not exceed {FIRST_MESSAGE_MAX_BYTES} bytes \
+                     (got a header for {len})"
+                )));
+            }
+            match self.budget.try_reserve(len) {
+                Some(reservation) => self.ledger.push(reservation),
+                None => {
+                    let rest = data.split_off(scanned);
+                    let header = data.split_off(header_start);
+                    self.held = (!rest.is_empty()).then_some(rest);
+                    self.blocked = Some(Blocked {
+                        cost: self.budget.cost(len),
+                        header,
+                        waiting: None,
                     });
-                }
-                Err(_) => {
-                    // Wait for room; pass on what precedes this message's end of header
-                    // (earlier messages' bytes and the header itself are harmless).
-                    self.budget.start_waiting(cost);
-                    self.pending = Some(Pending {
-                        acquire: Box::pin(
-                            self.budget.inner.permits.clone().acquire_many_owned(cost),
-                        ),
-                        deadline: Box::pin(tokio::time::sleep(self.budget.inner.wait)),
-                    });
-                    let rest = data.split_off(passable);
-                    if !rest.is_empty() {
-                        self.held = Some(rest);
-                    }
-                    return if data.is_empty() {
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(Some(data))
-                    };
+                    return Ok(data);
                 }
             }
-            if passable == data.len() {
-                return Poll::Ready(Some(data));
+            if scanned == data.len() {
+                return Ok(data);
             }
         }
     }
 
-    fn finish_waiting(&mut self) {
-        if self.pending.take().is_some() {
-            self.budget.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for BudgetedBody {
-    fn drop(&mut self) {
-        self.finish_waiting();
+    /// Polls the blocked message's admission: `Ready(Ok(header))` once admitted.
+    fn poll_admission(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Status>> {
+        let Some(blocked) = &mut self.blocked else {
+            return Poll::Ready(Ok(Bytes::new()));
+        };
+        let budget = &self.budget;
+        let waiting = blocked.waiting.get_or_insert_with(|| WaitingFor {
+            acquire: Box::pin(
+                budget
+                    .inner
+                    .permits
+                    .clone()
+                    .acquire_many_owned(blocked.cost),
+            ),
+            deadline: Box::pin(tokio::time::sleep(budget.inner.wait)),
+            _counted: Waiting::start(budget),
+        });
+        let permit = match waiting.acquire.as_mut().poll(cx) {
+            Poll::Ready(Ok(permit)) => permit,
+            Poll::Ready(Err(_)) => {
+                self.blocked = None;
+                return Poll::Ready(Err(Status::internal("the memory budget is closed")));
+            }
+            Poll::Pending => {
+                ready!(waiting.deadline.as_mut().poll(cx));
+                self.blocked = None;
+                self.ledger.refused.store(true, Ordering::Relaxed);
+                return Poll::Ready(Err(Status::from(self.budget.refuse())));
+            }
+        };
+        self.ledger.push(Reservation {
+            permit: Some(permit),
+        });
+        let header = self.blocked.take().map(|b| b.header).unwrap_or_default();
+        Poll::Ready(Ok(header))
     }
 }
 
@@ -417,53 +543,52 @@ impl HttpBody for BudgetedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
-            if let Some(pending) = &mut this.pending {
-                match pending.acquire.as_mut().poll(cx) {
-                    Poll::Ready(Ok(permit)) => {
-                        this.ledger.push(Reservation {
-                            permit: Some(permit),
-                        });
-                        this.finish_waiting();
+            if this.blocked.is_some() {
+                match ready!(this.poll_admission(cx)) {
+                    Ok(header) if header.is_empty() => {}
+                    Ok(header) => return Poll::Ready(Some(Ok(Frame::data(header)))),
+                    Err(status) => return Poll::Ready(Some(Err(status))),
+                }
+            }
+            let data = match this.held.take() {
+                Some(held) => held,
+                None => match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        this.stall = None;
+                        match frame.into_data() {
+                            Ok(mut data) => data.copy_to_bytes(data.remaining()),
+                            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                        }
                     }
-                    Poll::Ready(Err(_)) => {
-                        this.finish_waiting();
-                        return Poll::Ready(Some(Err(Status::internal("memory budget closed"))));
-                    }
+                    Poll::Ready(other) => return Poll::Ready(other),
                     Poll::Pending => {
-                        ready!(pending.deadline.as_mut().poll(cx));
-                        this.finish_waiting();
-                        this.ledger.refused.store(true, Ordering::Relaxed);
-                        let refusal = this.budget.refuse();
-                        return Poll::Ready(Some(Err(Status::from(refusal))));
+                        // Waiting for the sender: only a stall inside a message is its fault.
+                        if this.framing.mid_message() {
+                            let timeout = this.budget.inner.stall_timeout;
+                            let stall = this
+                                .stall
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                            ready!(stall.as_mut().poll(cx));
+                            this.stall = None;
+                            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                                "no bytes of the current message arrived for {:?}",
+                                timeout
+                            )))));
+                        }
+                        return Poll::Pending;
                     }
-                }
-            }
-            if let Some(held) = this.held.take() {
-                match this.scan(held) {
-                    Poll::Ready(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => continue,
-                }
-            }
-            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
-                None => return Poll::Ready(None),
-            };
-            let data = match frame.into_data() {
-                Ok(mut data) => data.copy_to_bytes(data.remaining()),
-                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
             };
             match this.scan(data) {
-                Poll::Ready(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => continue,
+                Ok(pass) if pass.is_empty() => continue,
+                Ok(pass) => return Poll::Ready(Some(Ok(Frame::data(pass)))),
+                Err(status) => return Poll::Ready(Some(Err(status))),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.held.is_none() && self.inner.is_end_stream()
+        self.blocked.is_none() && self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -553,7 +678,7 @@ mod tests {
                 while at < piece.len() {
                     let (consumed, header) = framing.advance(&piece[at..]);
                     at += consumed;
-                    found.extend(header);
+                    found.extend(header.map(|(len, _)| len));
                 }
             }
             assert_eq!(found, vec![10, 0, 300], "chunks of {chunk}");

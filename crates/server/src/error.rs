@@ -49,7 +49,7 @@ pub enum ServerError {
     /// The gateway holds as many bytes of events as its memory budget allows.
     #[error(
         "the gateway is over its memory budget for events in flight; retry in {}s",
-        retry_after.as_secs().max(1)
+        retry_after.as_millis().div_ceil(1000).max(1)
     )]
     OverBudget {
         /// When the sender should try again.
@@ -58,7 +58,7 @@ pub enum ServerError {
     /// The sender exceeded its events-per-second limit.
     #[error(
         "rate limit of {limit} events per second exceeded for {sender}; retry in {}s",
-        retry_after.as_secs().max(1)
+        retry_after.as_millis().div_ceil(1000).max(1)
     )]
     RateLimited {
         /// Who (the instance ID or service ID).
@@ -194,7 +194,8 @@ mod tests {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.message(),
-            "the gateway is over its memory budget for events in flight; retry in 1s"
+            "the gateway is over its memory budget for events in flight; retry in 2s",
+            "1.5 s rounds up"
         );
         assert_eq!(
             status

@@ -22,7 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::budget::{InflightBudget, StreamLedger, WEIGHT};
+use crate::budget::{InflightBudget, StreamLedger};
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
@@ -303,13 +303,10 @@ impl EventGateway {
             let mut reservation = ledger.take();
             if compressed {
                 let decoded = prost::Message::encoded_len(&message);
-                let covered = reservation.bytes() / WEIGHT;
-                if decoded > covered {
-                    match self.budget.reserve(decoded - covered).await {
-                        Ok(extra) => reservation.merge(extra),
-                        Err(err) => break Err(err.into()),
-                    }
-                }
+                reservation = match self.budget.grow(reservation, decoded).await {
+                    Ok(grown) => grown,
+                    Err(err) => break Err(err.into()),
+                };
             }
             match message.payload {
                 None => continue,
@@ -346,6 +343,9 @@ impl EventGateway {
                     let summary = self
                         .process_payload_until(source, payload.events, responses.closed())
                         .await;
+                    // The events are handed off or failed: their room is free, even if the
+                    // sender is slow to read the response.
+                    drop(reservation);
                     let response = RecordEventsResponse {
                         succeeded_events: summary.succeeded,
                     };

@@ -66,9 +66,11 @@ impl Source {
     }
 
     /// Who per-sender rate limits count against, also the sender's name in a refusal:
-    /// `instance <instance ID>` for licensed and unlicensed instances alike (one instance, one
-    /// budget), `license <fingerprint>` for a licensed instance without an instance ID, and
-    /// `service <service ID>` for managed services. Over-long IDs appear as `sha256:<hex>`.
+    /// `instance <instance ID>` for licensed instances, `unlicensed instance <instance ID>` for
+    /// unlicensed ones (kept apart, so that an unauthenticated sender claiming a licensed
+    /// customer's instance ID cannot use up that customer's limit), `license <fingerprint>` for a
+    /// licensed instance without an instance ID, and `service <service ID>` for managed services.
+    /// Over-long IDs appear as `sha256:<hex>`.
     pub fn rate_limit_key(&self) -> &str {
         &self.rate_limit_key
     }
@@ -109,9 +111,11 @@ fn rate_limit_key(kind: &SourceKind, metadata: &RecordEventsRequestMetadata) -> 
         SourceKind::LicensedInstance { instance_id, .. } if instance_id.is_empty() => {
             format!("license {}", license_identity(metadata))
         }
-        SourceKind::LicensedInstance { instance_id, .. }
-        | SourceKind::UnlicensedInstance { instance_id, .. } => {
+        SourceKind::LicensedInstance { instance_id, .. } => {
             format!("instance {}", bounded_id(instance_id))
+        }
+        SourceKind::UnlicensedInstance { instance_id, .. } => {
+            format!("unlicensed instance {}", bounded_id(instance_id))
         }
         SourceKind::ManagedService { service_id, .. } => {
             format!("service {}", bounded_id(service_id))
@@ -199,12 +203,16 @@ mod tests {
     }
 
     #[test]
-    fn instances_are_limited_by_instance_id_whether_licensed_or_not() {
+    fn instances_are_limited_by_instance_id_with_unlicensed_ones_apart() {
         assert_eq!(
             licensed("site-1", "key").rate_limit_key(),
             "instance site-1"
         );
-        assert_eq!(unlicensed("site-1").rate_limit_key(), "instance site-1");
+        assert_eq!(
+            unlicensed("site-1").rate_limit_key(),
+            "unlicensed instance site-1",
+            "an unauthenticated sender cannot use up a licensed instance's limit"
+        );
     }
 
     #[test]
@@ -234,7 +242,7 @@ mod tests {
     #[test]
     fn over_long_ids_are_hashed() {
         let key = unlicensed(&"x".repeat(10_000)).rate_limit_key().to_string();
-        assert!(key.starts_with("instance sha256:"), "{key}");
-        assert_eq!(key.len(), "instance sha256:".len() + 64);
+        assert!(key.starts_with("unlicensed instance sha256:"), "{key}");
+        assert_eq!(key.len(), "unlicensed instance sha256:".len() + 64);
     }
 }

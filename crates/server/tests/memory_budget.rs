@@ -152,3 +152,141 @@ async fn a_payload_larger_than_the_whole_budget_is_admitted_alone() {
     assert_eq!(responses[0].succeeded_events.len(), 5 * EVENTS_PER_PAYLOAD);
     assert_eq!(responses[1].succeeded_events.len(), 10);
 }
+
+/// Sends a raw gRPC request whose body is `first` and then nothing, leaving the request open;
+/// returns the response's `grpc-status` and `grpc-message` once the server ends it.
+async fn raw_call_stalling_after(
+    addr: std::net::SocketAddr,
+    path: &str,
+    first: Vec<u8>,
+) -> (String, String) {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (frames, receiver) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    frames
+        .send(Ok(http_body::Frame::data(bytes::Bytes::from(first))))
+        .await
+        .expect("the body is open");
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("a valid request");
+    let response = client.request(request).await.expect("the server answers");
+    let (parts, body) = response.into_parts();
+    // A refusal before any message is a trailers-only response; otherwise it is in the trailers.
+    let header = |map: &http::HeaderMap, name: &str| {
+        map.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let (status, message) = match header(&parts.headers, "grpc-status") {
+        Some(status) => (
+            status,
+            header(&parts.headers, "grpc-message").unwrap_or_default(),
+        ),
+        None => {
+            let collected = body.collect().await.expect("the response body ends");
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (
+                header(&trailers, "grpc-status").unwrap_or_default(),
+                header(&trailers, "grpc-message").unwrap_or_default(),
+            )
+        }
+    };
+    drop(frames);
+    (status, message)
+}
+
+/// A gRPC message header: uncompressed, `len` bytes follow.
+fn message_header(len: u32) -> Vec<u8> {
+    let mut header = vec![0u8];
+    header.extend_from_slice(&len.to_be_bytes());
+    header
+}
+
+#[tokio::test]
+async fn a_message_that_stops_arriving_ends_its_stream_and_frees_its_room() {
+    let budget = InflightBudget::new(64 * 1024 * 1024, Duration::from_millis(300))
+        .with_stall_timeout(Duration::from_millis(500));
+    let gateway = TestGateway::start_with(Setup {
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    // A header declaring 8 MiB (reserving 32 MiB), a few bytes, then silence.
+    let mut first = message_header(8 * 1024 * 1024);
+    first.extend_from_slice(&[0u8; 16]);
+    let (status, message) = raw_call_stalling_after(
+        gateway.addr,
+        "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents",
+        first,
+    )
+    .await;
+    assert_eq!(status, "4", "DeadlineExceeded: {message}");
+    assert_eq!(budget.used(), 0, "the stalled message's room is returned");
+}
+
+#[tokio::test]
+async fn a_first_message_too_large_for_metadata_is_refused_without_reserving() {
+    let budget = InflightBudget::new(64 * 1024 * 1024, Duration::from_millis(300));
+    let gateway = TestGateway::start_with(Setup {
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let (status, message) = raw_call_stalling_after(
+        gateway.addr,
+        "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents",
+        message_header(80 * 1024 * 1024),
+    )
+    .await;
+    assert_eq!(status, "8", "ResourceExhausted: {message}");
+    assert!(message.contains("first%20message"), "{message}");
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn compressed_payloads_reserve_their_decoded_size_and_are_answered() {
+    let events = simple_events("gz", EVENTS_PER_PAYLOAD);
+    let decoded = prost::Message::encoded_len(&events_message(events.clone()));
+    // Room for the decoded payload once, and far more than its compressed wire size.
+    let budget = InflightBudget::new(decoded * WEIGHT * 3 / 2, Duration::from_millis(300));
+    let sink = Arc::new(RecordingSink::new());
+    let gateway = TestGateway::start_with(Setup {
+        sink: sink.clone(),
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let mut client = gateway
+        .client()
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let responses = telemetry_gateway_testkit::record_events(
+        &mut client,
+        vec![
+            metadata_message(unlicensed_metadata("gz")),
+            events_message(events.clone()),
+            events_message(simple_events("gz-again", EVENTS_PER_PAYLOAD)),
+        ],
+    )
+    .await
+    .expect("admitted one after the other");
+    assert_eq!(
+        responses
+            .iter()
+            .map(|r| r.succeeded_events.len())
+            .collect::<Vec<_>>(),
+        [EVENTS_PER_PAYLOAD, EVENTS_PER_PAYLOAD]
+    );
+    assert_eq!(budget.used(), 0);
+}

@@ -117,7 +117,7 @@ async fn a_sender_over_its_limit_is_refused_after_its_earlier_payloads_are_answe
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(
         status.message().starts_with(
-            "rate limit of 1 events per second exceeded for instance greedy; retry in"
+            "rate limit of 1 events per second exceeded for unlicensed instance greedy; retry in"
         ),
         "{}",
         status.message()
