@@ -252,8 +252,8 @@ impl InflightBudget {
     }
 
     /// Wraps the request body of an events RPC and returns the stream's ledger of admitted
-    /// messages, for the handler.
-    pub fn wrap(&self, body: Body) -> (Body, Arc<StreamLedger>) {
+    /// messages, for the handler. A `unary` call's body may carry one message only.
+    pub fn wrap(&self, body: Body, unary: bool) -> (Body, Arc<StreamLedger>) {
         let ledger = Arc::new(StreamLedger::default());
         if self.inner.limit == 0 {
             return (body, ledger);
@@ -264,6 +264,7 @@ impl InflightBudget {
             ledger: ledger.clone(),
             framing: Framing::default(),
             messages: 0,
+            max_messages: if unary { 1 } else { usize::MAX },
             blocked: None,
             held: None,
             stall: None,
@@ -448,6 +449,8 @@ struct BudgetedBody {
     framing: Framing,
     /// Message headers seen so far.
     messages: usize,
+    /// How many the call may carry.
+    max_messages: usize,
     /// The message waiting for room, if any.
     blocked: Option<Blocked>,
     /// Bytes received after a blocked message's header, not yet scanned.
@@ -469,6 +472,11 @@ impl BudgetedBody {
             let header_start = scanned + header_start;
             scanned += consumed;
             self.messages += 1;
+            if self.messages > self.max_messages {
+                return Err(Status::invalid_argument(
+                    "a unary call carries exactly one message",
+                ));
+            }
             if self.messages == 1 && len > FIRST_MESSAGE_MAX_BYTES {
                 return Err(Status::resource_exhausted(format!(
                     "the first message of a stream may not exceed {FIRST_MESSAGE_MAX_BYTES} bytes \
@@ -596,6 +604,9 @@ impl HttpBody for BudgetedBody {
     }
 }
 
+/// The path of the unary `RecordEvent`, whose body carries one message.
+const UNARY_PATH: &str = "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvent";
+
 /// The gRPC path prefix of the events service, whose request bodies are budgeted.
 const EVENTS_SERVICE_PATH: &str = "/telemetrygateway.v1.TelemeteryGatewayService/";
 
@@ -647,8 +658,9 @@ where
         if !request.uri().path().starts_with(EVENTS_SERVICE_PATH) {
             return self.inner.call(request);
         }
+        let unary = request.uri().path() == UNARY_PATH;
         let (mut parts, body) = request.into_parts();
-        let (body, ledger) = self.budget.wrap(body);
+        let (body, ledger) = self.budget.wrap(body, unary);
         parts.extensions.insert(ledger);
         self.inner.call(http::Request::from_parts(parts, body))
     }

@@ -290,3 +290,23 @@ async fn compressed_payloads_reserve_their_decoded_size_and_are_answered() {
     );
     assert_eq!(budget.used(), 0);
 }
+
+#[tokio::test]
+async fn a_unary_call_carrying_a_second_message_is_refused() {
+    let budget = InflightBudget::new(64 * 1024 * 1024, Duration::from_millis(300));
+    let gateway = TestGateway::start_with(Setup {
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let mut two = message_header(0);
+    two.extend(message_header(0));
+    let (status, message) = raw_call_stalling_after(
+        gateway.addr,
+        "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvent",
+        two,
+    )
+    .await;
+    assert_eq!(status, "3", "InvalidArgument: {message}");
+    assert_eq!(budget.used(), 0);
+}
