@@ -35,6 +35,8 @@ pub struct Diagnostics {
     pub budget: InflightBudget,
     /// Set once the sink has passed a health check: until then the gateway is starting.
     pub started: Arc<AtomicBool>,
+    /// Held by the one probe checking the sink while starting.
+    pub startup_check: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The diagnostics routes.
@@ -88,6 +90,10 @@ async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, Stri
         return unavailable("draining".into());
     }
     if !diagnostics.started.load(Ordering::Relaxed) {
+        // One check at a time: probes arriving meanwhile are told it is under way.
+        let Ok(_checking) = diagnostics.startup_check.try_lock() else {
+            return unavailable("starting: checking the sink".into());
+        };
         match tokio::time::timeout(STARTUP_HEALTH_TIMEOUT, diagnostics.sink.health()).await {
             Ok(Ok(())) => diagnostics.started.store(true, Ordering::Relaxed),
             Ok(Err(err)) => return unavailable(format!("starting: {err}")),

@@ -135,6 +135,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         prometheus: options.prometheus.clone(),
         budget: gateway.budget().clone(),
         started: Arc::default(),
+        startup_check: Arc::default(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)
