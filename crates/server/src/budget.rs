@@ -310,6 +310,19 @@ impl Reservation {
         self.permit.as_ref().map_or(0, |p| p.num_permits())
     }
 
+    /// Keeps room for the receive buffer a stream retains after a message: one unweighted copy
+    /// of it (tonic keeps its buffer at the largest message's size while the stream is open).
+    /// Returns the room to keep if it is more than `held` keeps already; the rest of this
+    /// reservation is returned when it is dropped.
+    pub fn keep_receive_buffer(&mut self, held: &Reservation) -> Option<Reservation> {
+        let buffer = self.bytes() / WEIGHT;
+        if buffer <= held.bytes() {
+            return None;
+        }
+        let kept = self.permit.as_mut()?.split(buffer)?;
+        Some(Reservation { permit: Some(kept) })
+    }
+
     /// Adds `other` to this reservation.
     pub fn merge(&mut self, other: Reservation) {
         match (&mut self.permit, other.permit) {
@@ -728,6 +741,31 @@ mod tests {
         let big = budget.reserve(1000).await.expect("capped at the budget");
         assert_eq!(big.bytes(), 100);
         assert!(budget.reserve(1).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_keeps_room_for_its_largest_receive_buffer() {
+        let budget = InflightBudget::new(1000, Duration::from_millis(10));
+        let mut first = budget.reserve(100).await.expect("room");
+        let kept = first
+            .keep_receive_buffer(&Reservation::none())
+            .expect("a buffer to keep");
+        assert_eq!((kept.bytes(), first.bytes()), (100, 300));
+        drop(first);
+        assert_eq!(
+            budget.used(),
+            100,
+            "only the buffer is held after the payload"
+        );
+        let mut smaller = budget.reserve(50).await.expect("room");
+        assert!(
+            smaller.keep_receive_buffer(&kept).is_none(),
+            "the larger buffer stays"
+        );
+        drop(smaller);
+        assert_eq!(budget.used(), 100);
+        drop(kept);
+        assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::budget::{InflightBudget, StreamLedger};
+use crate::budget::{InflightBudget, Reservation, StreamLedger};
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
@@ -281,6 +281,9 @@ impl EventGateway {
             .get("grpc-encoding")
             .is_some_and(|encoding| encoding != "identity");
         let _open = self.metrics.stream_opened();
+        // Room for the receive buffer tonic keeps at its largest message's size until the
+        // stream ends.
+        let mut receive_buffer = Reservation::none();
         let started = Instant::now();
         let mut source: Option<Source> = None;
         let mut total_events = 0usize;
@@ -343,8 +346,12 @@ impl EventGateway {
                     let summary = self
                         .process_payload_until(source, payload.events, responses.closed())
                         .await;
-                    // The events are handed off or failed: their room is free, even if the
-                    // sender is slow to read the response.
+                    // The events are handed off or failed: their room is free (even if the
+                    // sender is slow to read the response), but for the receive buffer the
+                    // stream keeps while it is open.
+                    if let Some(kept) = reservation.keep_receive_buffer(&receive_buffer) {
+                        receive_buffer = kept;
+                    }
                     drop(reservation);
                     let response = RecordEventsResponse {
                         succeeded_events: summary.succeeded,
