@@ -8,7 +8,7 @@ use telemetry_gateway_proto::json::to_canonical_json;
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 
-use support::{GatewayProcess, run_to_completion as run};
+use support::{GatewayProcess, run_to_completion as run, with_sams};
 
 // Multi-threaded: `terminate` blocks this thread while the client connection must stay
 // responsive to the server's graceful GOAWAY.
@@ -87,21 +87,14 @@ async fn diagnostics_are_served_on_the_grpc_port() {
 async fn managed_services_are_checked_at_the_configured_sams() {
     use telemetry_gateway_testkit::client::managed_event_request;
     use telemetry_gateway_testkit::events::simple_event;
-    use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
+    use telemetry_gateway_testkit::fake_sams::{FakeSams, TokenGrant};
 
     let sams = FakeSams::start().await;
-    sams.grant(
-        "svc-token",
-        TokenGrant::active(&["telemetry_gateway::events::write"]),
-    );
+    sams.grant("svc-token", TokenGrant::events_writer());
     let url = sams.url();
-    let mut gateway = GatewayProcess::start(&[
-        // The server URL overrides SAMS_URL, which points nowhere.
-        ("SAMS_URL", "http://127.0.0.1:1"),
-        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-    ]);
+    // The server URL overrides SAMS_URL, which points nowhere.
+    let mut gateway =
+        GatewayProcess::start(&with_sams(&url, &[("SAMS_URL", "http://127.0.0.1:1")]));
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await

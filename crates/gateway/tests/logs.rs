@@ -8,10 +8,10 @@ use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{
     licensed_metadata, managed_metadata, simple_event, simple_events,
 };
-use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
+use telemetry_gateway_testkit::fake_sams::{CLIENT_SECRET, FakeSams, TokenGrant};
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 
-use support::GatewayProcess;
+use support::{GatewayProcess, with_sams};
 
 const GOOD_TOKEN: &str = "sams-token-that-must-never-be-logged";
 const BAD_TOKEN: &str = "unknown-token-that-must-never-be-logged";
@@ -21,20 +21,17 @@ async fn license_keys_and_bearer_tokens_never_reach_the_logs() {
     let keys = LicenseKeyPair::shared();
     let license_key = keys.mint(&LicenseSpec::default(), SignatureFormat::SshRsa);
     let sams = FakeSams::start().await;
-    sams.grant(
-        GOOD_TOKEN,
-        TokenGrant::active(&["telemetry_gateway::events::write"]),
-    );
+    sams.grant(GOOD_TOKEN, TokenGrant::events_writer());
     sams.grant(BAD_TOKEN, TokenGrant::active(&["some::other::scope"]));
     let url = sams.url();
     let public_key = keys.public_key_openssh();
-    let mut gateway = GatewayProcess::start(&[
-        ("SRC_LOG_LEVEL", "debug"),
-        ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", &public_key),
-        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-    ]);
+    let mut gateway = GatewayProcess::start(&with_sams(
+        &url,
+        &[
+            ("SRC_LOG_LEVEL", "debug"),
+            ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", &public_key),
+        ],
+    ));
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await

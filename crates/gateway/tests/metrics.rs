@@ -16,10 +16,10 @@ use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{
     licensed_metadata, managed_metadata, simple_event, simple_events, unlicensed_metadata,
 };
-use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
+use telemetry_gateway_testkit::fake_sams::{FakeSams, TokenGrant};
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 
-use support::GatewayProcess;
+use support::{GatewayProcess, with_sams};
 
 /// The meter of the server's instruments: the original's.
 const SERVER_SCOPE: &str = "cmd/telemetry-gateway/internal/server";
@@ -246,16 +246,9 @@ async fn instance_traffic_is_counted_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_service_failures_are_counted_as_failed() {
     let sams = FakeSams::start().await;
-    sams.grant(
-        "svc-token",
-        TokenGrant::active(&["telemetry_gateway::events::write"]),
-    );
+    sams.grant("svc-token", TokenGrant::events_writer());
     let url = sams.url();
-    let mut gateway = GatewayProcess::start(&[
-        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", url.as_str()),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-    ]);
+    let mut gateway = GatewayProcess::start(&with_sams(&url, &[]));
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await
@@ -470,19 +463,16 @@ async fn payloads_over_the_memory_budget_are_counted_as_refused() {
     // A managed service's stream holds its metadata's share of the budget while SAMS is slow
     // to answer; with a budget of 64 bytes, that share is all of it.
     let sams = FakeSams::start().await;
-    sams.grant(
-        "svc-token",
-        TokenGrant::active(&["telemetry_gateway::events::write"]),
-    );
+    sams.grant("svc-token", TokenGrant::events_writer());
     sams.delay_introspection(Duration::from_secs(60));
     let url = sams.url();
-    let mut gateway = GatewayProcess::start(&[
-        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", url.as_str()),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "64"),
-        ("TELEMETRY_GATEWAY_INFLIGHT_WAIT", "100ms"),
-    ]);
+    let mut gateway = GatewayProcess::start(&with_sams(
+        &url,
+        &[
+            ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "64"),
+            ("TELEMETRY_GATEWAY_INFLIGHT_WAIT", "100ms"),
+        ],
+    ));
     let addr = gateway.address();
     let client = telemetry_gateway_testkit::connect(addr)
         .await

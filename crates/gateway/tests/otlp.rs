@@ -16,7 +16,7 @@ use telemetry_gateway_testkit::fake_otlp::trace::span::SpanKind;
 use telemetry_gateway_testkit::fake_otlp::trace::status::StatusCode;
 use telemetry_gateway_testkit::fake_otlp::{FakeOtlp, ReceivedMetric, ReceivedSpan};
 
-use support::GatewayProcess;
+use support::{GatewayProcess, with_sams};
 
 const RPC_SPAN: &str = "telemetrygateway.v1.TelemeteryGatewayService/RecordEvents";
 const PAYLOAD_SPAN: &str = "handlePublishEvents";
@@ -286,22 +286,13 @@ async fn with_the_sdk_disabled_nothing_is_exported() {
 async fn a_managed_service_call_has_a_scope_check_span_and_a_refusal_an_error_status() {
     use telemetry_gateway_testkit::client::managed_event_request;
     use telemetry_gateway_testkit::events::simple_event;
-    use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET, FakeSams, TokenGrant};
+    use telemetry_gateway_testkit::fake_sams::{FakeSams, TokenGrant};
 
     let sams = FakeSams::start().await;
-    sams.grant(
-        "svc-token",
-        TokenGrant::active(&["telemetry_gateway::events::write"]),
-    );
+    sams.grant("svc-token", TokenGrant::events_writer());
     let url = sams.url();
-    let (mut gateway, otlp, _bigquery) = gateway_with_collector(&[
-        QUICK_EXPORT[0],
-        QUICK_EXPORT[1],
-        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", &url),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
-        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
-    ])
-    .await;
+    let (mut gateway, otlp, _bigquery) =
+        gateway_with_collector(&with_sams(&url, &QUICK_EXPORT)).await;
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
         .await

@@ -52,6 +52,11 @@ impl TokenGrant {
         }
     }
 
+    /// An active token allowed to write events (`telemetry_gateway::events::write`).
+    pub fn events_writer() -> TokenGrant {
+        TokenGrant::active(&["telemetry_gateway::events::write"])
+    }
+
     /// An inactive token.
     pub fn inactive() -> TokenGrant {
         TokenGrant {

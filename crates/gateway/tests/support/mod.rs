@@ -210,3 +210,16 @@ pub async fn wait_until_held(fake: &telemetry_gateway_testkit::fake_bigquery::Fa
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The settings that point the gateway at the fake SAMS at `url` with the fake's client
+/// credentials, followed by `extra`.
+pub fn with_sams<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    use telemetry_gateway_testkit::fake_sams::{CLIENT_ID, CLIENT_SECRET};
+    let mut env = vec![
+        ("TELEMETRY_GATEWAY_SAMS_SERVER_URL", url),
+        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", CLIENT_ID),
+        ("TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET", CLIENT_SECRET),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
