@@ -10,7 +10,7 @@ use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 use telemetry_gateway_testkit::fake_bigquery::FakeBigQuery;
 use telemetry_gateway_testkit::http::get;
 
-use support::{GatewayProcess, wait_until_held};
+use support::{GatewayProcess, send_held_payload};
 
 /// A gateway whose only sink is a BigQuery endpoint answering after `delay`.
 async fn gateway_with_slow_sink(
@@ -29,33 +29,6 @@ async fn gateway_with_slow_sink(
         ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", shutdown_timeout),
     ]);
     (gateway, fake)
-}
-
-type HeldStream = tokio::task::JoinHandle<
-    Result<Vec<telemetry_gateway_proto::v1::RecordEventsResponse>, tonic::Status>,
->;
-
-/// Sends `events` on a new stream in the background and returns once the slow sink holds them.
-async fn send_held_payload(
-    addr: std::net::SocketAddr,
-    fake: &FakeBigQuery,
-    events: Vec<telemetry_gateway_proto::v1::Event>,
-) -> HeldStream {
-    let mut client = telemetry_gateway_testkit::connect(addr)
-        .await
-        .expect("connect");
-    let held = tokio::spawn(async move {
-        telemetry_gateway_testkit::record_events(
-            &mut client,
-            vec![
-                metadata_message(unlicensed_metadata("held")),
-                events_message(events),
-            ],
-        )
-        .await
-    });
-    wait_until_held(fake).await;
-    held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

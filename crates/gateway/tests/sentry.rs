@@ -15,7 +15,7 @@ use telemetry_gateway_testkit::fake_bigquery::{FakeBigQuery, InsertReply};
 use telemetry_gateway_testkit::fake_sentry::FakeSentry;
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 
-use support::{GatewayProcess, run_to_completion, wait_until_held};
+use support::{GatewayProcess, run_to_completion, send_held_payload};
 
 /// The `ENVIRONMENT_ID` the gateways under test run with.
 const ENVIRONMENT: &str = "sentry-test-environment";
@@ -161,24 +161,12 @@ async fn a_cancelled_publish_is_not_reported() {
     let mut gateway = start_gateway(&bigquery, &sentry, &[]);
     let addr = gateway.address();
 
-    let mut client = telemetry_gateway_testkit::connect(addr)
-        .await
-        .expect("connect");
-    let held = tokio::spawn(async move {
-        telemetry_gateway_testkit::record_events(
-            &mut client,
-            vec![
-                metadata_message(unlicensed_metadata("cancelled")),
-                events_message(vec![event(
-                    "evt-cancelled",
-                    "cancel.feature",
-                    "cancel.action",
-                )]),
-            ],
-        )
-        .await
-    });
-    wait_until_held(&bigquery).await;
+    let held = send_held_payload(
+        addr,
+        &bigquery,
+        vec![event("evt-cancelled", "cancel.feature", "cancel.action")],
+    )
+    .await;
     // The sender goes away: its stream and connection are dropped.
     held.abort();
     assert!(held.await.is_err_and(|err| err.is_cancelled()));

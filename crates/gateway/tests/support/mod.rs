@@ -223,3 +223,33 @@ pub fn with_sams<'a>(url: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str
     env.extend_from_slice(extra);
     env
 }
+
+/// A stream sending in the background, for tests that hold its payload in a slow sink.
+pub type HeldStream = tokio::task::JoinHandle<
+    Result<Vec<telemetry_gateway_proto::v1::RecordEventsResponse>, tonic::Status>,
+>;
+
+/// Sends `events` on a new stream in the background and returns once the slow sink holds them.
+pub async fn send_held_payload(
+    addr: std::net::SocketAddr,
+    fake: &telemetry_gateway_testkit::fake_bigquery::FakeBigQuery,
+    events: Vec<telemetry_gateway_proto::v1::Event>,
+) -> HeldStream {
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let held = tokio::spawn(async move {
+        telemetry_gateway_testkit::record_events(
+            &mut client,
+            vec![
+                telemetry_gateway_testkit::client::metadata_message(
+                    telemetry_gateway_testkit::events::unlicensed_metadata("held"),
+                ),
+                telemetry_gateway_testkit::client::events_message(events),
+            ],
+        )
+        .await
+    });
+    wait_until_held(fake).await;
+    held
+}
