@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -155,7 +155,7 @@ impl InflightBudget {
     }
 
     /// The error a refused sender gets.
-    pub fn refusal(&self) -> ServerError {
+    fn refusal(&self) -> ServerError {
         ServerError::OverBudget {
             retry_after: self.retry_after(),
         }
@@ -339,7 +339,6 @@ impl Reservation {
 #[derive(Debug, Default)]
 pub struct StreamLedger {
     admitted: Mutex<VecDeque<Reservation>>,
-    refused: AtomicBool,
 }
 
 impl StreamLedger {
@@ -351,11 +350,6 @@ impl StreamLedger {
             .ok()
             .flatten()
             .unwrap_or_else(Reservation::none)
-    }
-
-    /// Whether a message of this stream was refused for want of room.
-    pub fn was_refused(&self) -> bool {
-        self.refused.load(Ordering::Relaxed)
     }
 
     fn push(&self, reservation: Reservation) {
@@ -542,7 +536,6 @@ impl BudgetedBody {
             Poll::Pending => {
                 ready!(waiting.deadline.as_mut().poll(cx));
                 self.blocked = None;
-                self.ledger.refused.store(true, Ordering::Relaxed);
                 return Poll::Ready(Err(Status::from(self.budget.refuse())));
             }
         };

@@ -298,8 +298,6 @@ impl EventGateway {
             let message = match received {
                 Ok(Some(message)) => message,
                 Ok(None) => break Ok(()),
-                // Counted and logged by the budget.
-                Err(_) if ledger.was_refused() => break Err(self.budget.refusal().into()),
                 Err(status) => break Err(receive_error(status)),
             };
             // Held until this message is answered: its share of the memory budget.
