@@ -11,6 +11,10 @@ use telemetry_gateway_server::RateLimit;
 use telemetry_gateway_sink::BigQuerySinkConfig;
 use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
 
+mod environment;
+
+pub use environment::{EffectiveSetting, Origin, ParsedCli, unknown_variables};
+
 /// Telemetry Gateway: receives telemetry events from Sourcegraph instances and managed services
 /// and forwards them to the configured sinks, acknowledging exactly the events handed off.
 #[derive(Debug, Parser)]
@@ -26,8 +30,11 @@ pub struct Cli {
 /// What to do; without a subcommand the gateway serves.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default); settings may also follow the subcommand.
     Serve,
+    /// Check the configuration without starting: print the effective settings (secrets
+    /// redacted) and every problem found; exit 0 when the gateway would start, 2 when not.
+    CheckConfig,
     /// Send events read as proto3 JSON lines to a gateway and report which were recorded.
     Send(Box<crate::send::SendArgs>),
     /// Print the configuration reference (docs/configuration.md) and exit.
@@ -85,7 +92,7 @@ pub struct ServerConfig {
     /// How long in-flight payloads and the sink flush may take together after SIGTERM or SIGINT
     /// before the gateway exits anyway (unfinished payloads are not acknowledged; senders retry
     /// them); sending queued traces, metrics and Sentry reports takes up to a few seconds more:
-    /// `10s`, `1500ms`, `1m`, or plain seconds.
+    /// `10s`, `1500ms`, `1m30s`, or plain seconds.
     #[arg(long, env = "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: std::time::Duration,
 
@@ -105,23 +112,16 @@ pub struct ServerConfig {
     pub inflight_wait: std::time::Duration,
 }
 
-/// Parses `10s`, `1500ms`, `2m` or plain seconds (`10`, `0.5`).
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+/// Parses the durations operators write (`10s`, `1m30s`, `250ms`, `1h`; humantime's syntax)
+/// or plain seconds (`10`, `0.5`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s or 1500ms"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+    if let Ok(seconds) = text.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|err| format!("{text:?}: {err}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration like 10s, 1m30s or 250ms: {err}"))
 }
 
 impl ServerConfig {
@@ -480,6 +480,53 @@ pub enum ConfigError {
     },
 }
 
+/// Every problem found in a configuration, reported together (one per line), so an operator
+/// fixes them in one round.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// Records a problem.
+    pub fn push(&mut self, problem: ConfigError) {
+        self.0.push(problem);
+    }
+
+    /// Records every problem of `other`.
+    pub fn extend(&mut self, other: ConfigErrors) {
+        self.0.extend(other.0);
+    }
+
+    /// The problems found so far.
+    pub fn problems(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    /// `Ok` when nothing was found.
+    pub fn into_result(self) -> Result<(), ConfigErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(problem: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![problem])
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// For a value rejected by clap, names the environment variable it came from (operators mostly
 /// configure by environment, and clap's message names only the flag).
 pub fn env_hint(err: &clap::Error) -> Option<String> {
@@ -500,8 +547,8 @@ pub fn env_hint(err: &clap::Error) -> Option<String> {
 }
 
 impl EventsConfig {
-    /// The sinks to build, after defaults and consistency checks.
-    pub fn selected_sinks(&self) -> Result<Vec<SinkKind>, ConfigError> {
+    /// The sinks to build, after defaults and consistency checks; every problem is reported.
+    pub fn selected_sinks(&self) -> Result<Vec<SinkKind>, ConfigErrors> {
         let pubsub_requested = self.pubsub_enabled == Some(true)
             || (self.pubsub_enabled.is_none()
                 && (self.pubsub_project_id.is_some() || self.pubsub_topic_id.is_some()));
@@ -519,11 +566,16 @@ impl EventsConfig {
             sinks.retain(|kind| *kind != SinkKind::File);
             sinks.push(SinkKind::Bigquery);
         }
-        if sinks.contains(&SinkKind::Bigquery) {
-            self.bigquery_sink()?;
+        let mut problems = ConfigErrors::default();
+        if sinks.contains(&SinkKind::Pubsub)
+            && let Err(errors) = self.pubsub_sink()
+        {
+            problems.extend(errors);
         }
-        if sinks.contains(&SinkKind::Pubsub) {
-            self.pubsub_sink()?;
+        if sinks.contains(&SinkKind::Bigquery)
+            && let Err(errors) = self.bigquery_sink()
+        {
+            problems.extend(errors);
         }
         let mut seen = Vec::new();
         sinks.retain(|kind| {
@@ -532,41 +584,59 @@ impl EventsConfig {
             first
         });
         if self.file_max_bytes == 0 {
-            return Err(ConfigError::Invalid {
+            problems.push(ConfigError::Invalid {
                 setting: "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
                 message: "must be greater than 0".into(),
             });
         }
+        problems.into_result()?;
         Ok(sinks)
+    }
+}
+
+/// The value of a setting a sink requires; a missing one is recorded in `problems`.
+fn required(
+    problems: &mut ConfigErrors,
+    value: &Option<String>,
+    setting: &'static str,
+    sink: &str,
+) -> String {
+    match value {
+        Some(value) if !value.trim().is_empty() => value.clone(),
+        _ => {
+            problems.push(ConfigError::Invalid {
+                setting,
+                message: format!("required by the {sink} sink"),
+            });
+            String::new()
+        }
     }
 }
 
 impl EventsConfig {
     /// The Pub/Sub sink's settings; project and topic must both be set.
-    pub fn pubsub_sink(&self) -> Result<PubSubSinkConfig, ConfigError> {
-        let required = |value: &Option<String>, setting: &'static str| match value {
-            Some(value) if !value.trim().is_empty() => Ok(value.clone()),
-            _ => Err(ConfigError::Invalid {
-                setting,
-                message: "required by the pubsub sink".into(),
-            }),
-        };
+    pub fn pubsub_sink(&self) -> Result<PubSubSinkConfig, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
+        let project = required(
+            &mut problems,
+            &self.pubsub_project_id,
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
+            "pubsub",
+        );
+        let topic = required(
+            &mut problems,
+            &self.pubsub_topic_id,
+            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
+            "pubsub",
+        );
         if self.pubsub_publish_timeout_seconds == 0 {
-            return Err(ConfigError::Invalid {
+            problems.push(ConfigError::Invalid {
                 setting: "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
                 message: "must be greater than 0".into(),
             });
         }
-        let mut config = PubSubSinkConfig::new(
-            required(
-                &self.pubsub_project_id,
-                "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
-            )?,
-            required(
-                &self.pubsub_topic_id,
-                "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
-            )?,
-        );
+        problems.into_result()?;
+        let mut config = PubSubSinkConfig::new(project, topic);
         config.emulator_host = self
             .pubsub_emulator_host
             .clone()
@@ -578,34 +648,34 @@ impl EventsConfig {
     }
 
     /// The BigQuery sink's settings; project, dataset and table must all be set.
-    pub fn bigquery_sink(&self) -> Result<BigQuerySinkConfig, ConfigError> {
-        let required = |value: &Option<String>, setting: &'static str| match value {
-            Some(value) if !value.trim().is_empty() => Ok(value.clone()),
-            _ => Err(ConfigError::Invalid {
-                setting,
-                message: "required by the bigquery sink".into(),
-            }),
-        };
-        let mut config = BigQuerySinkConfig::new(
-            required(
-                &self.bigquery_project_id,
-                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
-            )?,
-            required(
-                &self.bigquery_dataset_id,
-                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
-            )?,
-            required(
-                &self.bigquery_table_id,
-                "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
-            )?,
+    pub fn bigquery_sink(&self) -> Result<BigQuerySinkConfig, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
+        let project = required(
+            &mut problems,
+            &self.bigquery_project_id,
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            "bigquery",
+        );
+        let dataset = required(
+            &mut problems,
+            &self.bigquery_dataset_id,
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
+            "bigquery",
+        );
+        let table = required(
+            &mut problems,
+            &self.bigquery_table_id,
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+            "bigquery",
         );
         if self.bigquery_request_timeout_seconds == 0 {
-            return Err(ConfigError::Invalid {
+            problems.push(ConfigError::Invalid {
                 setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
                 message: "must be greater than 0".into(),
             });
         }
+        problems.into_result()?;
+        let mut config = BigQuerySinkConfig::new(project, dataset, table);
         config.request_timeout =
             std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
         config.endpoint = self

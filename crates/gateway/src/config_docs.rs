@@ -16,8 +16,15 @@ pub fn render() -> String {
          Every setting is an environment variable and a command-line flag; the flag wins when both \
          are set. With no configuration at all the gateway listens on port 10085 and writes events \
          to NDJSON files under `./data/events`. Boolean settings accept `true`/`false` (also \
-         `1`/`0`, `yes`/`no`, `on`/`off`). Inconsistent settings stop the gateway at start-up \
-         with a message naming the variable.\n",
+         `1`/`0`, `yes`/`no`, `on`/`off`); durations take the forms `10s`, `1m30s`, `250ms`, `1h` \
+         (or plain seconds). An empty environment value means unset, as if the variable were \
+         absent (templated deployments write empty strings). Flags may come before or after the \
+         `serve` subcommand. Inconsistent settings stop the gateway at start-up (exit code 2) \
+         with every problem listed at once, each naming its variable; a `TELEMETRY_GATEWAY_*` \
+         variable that is not a setting is logged as a warning at start. \
+         `telemetry-gateway check-config` prints the effective settings with their origin \
+         (flag, environment, default; secrets redacted) and every problem, and exits 0 when \
+         the gateway would start, 2 when not; it does not contact the sinks.\n",
     );
     let mut heading: Option<String> = None;
     for arg in command.get_arguments() {

@@ -22,21 +22,27 @@ use telemetry_gateway_server::{
 };
 use tokio::net::TcpListener;
 
-use crate::config::{Config, LicenseConfig, SamsConfig};
+use crate::config::{Config, ConfigError, ConfigErrors, LicenseConfig, SamsConfig};
 
 /// However late the drain ends, the sink gets this long to flush what it buffered.
 const MIN_FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds the license verifier the configuration asks for.
-pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifier> {
+pub fn license_verifier(config: &LicenseConfig) -> Result<LicenseVerifier, ConfigError> {
     config.validate()?;
+    let invalid = |setting: &'static str| {
+        move |err: telemetry_gateway_auth::KeyConfigError| ConfigError::Invalid {
+            setting,
+            message: err.to_string(),
+        }
+    };
     if let Some(line) = &config.license_public_key {
         return LicenseVerifier::from_openssh_public_key(line)
-            .context("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY");
+            .map_err(invalid("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY"));
     }
     if let Some(pem) = &config.license_generation_key {
         return LicenseVerifier::from_pem_private_key(pem)
-            .context("SOURCEGRAPH_LICENSE_GENERATION_KEY");
+            .map_err(invalid("SOURCEGRAPH_LICENSE_GENERATION_KEY"));
     }
     Ok(LicenseVerifier::production())
 }
@@ -45,26 +51,49 @@ pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifie
 /// [`NotConfigured`] without them.
 pub fn managed_authorizer(
     config: &SamsConfig,
-) -> anyhow::Result<Arc<dyn ManagedServiceAuthorizer>> {
+) -> Result<Arc<dyn ManagedServiceAuthorizer>, ConfigError> {
     let Some(credentials) = config.credentials()? else {
-        tracing::info!(
-            "SAMS client credentials are not set: managed-service calls will be refused"
-        );
         return Ok(Arc::new(NotConfigured));
     };
-    let url_setting = if config.sams_server_url.is_some() {
+    let setting = if config.sams_server_url.is_some() {
         "TELEMETRY_GATEWAY_SAMS_SERVER_URL"
     } else {
         "SAMS_URL"
     };
-    tracing::info!(sams = %credentials.api_url, clientID = %credentials.client_id, "managed services authenticate with SAMS");
     let authorizer = SamsAuthorizer::new(SamsClientConfig::new(
         credentials.api_url,
         credentials.client_id,
         credentials.client_secret,
     ))
-    .context(url_setting)?;
+    .map_err(|err| ConfigError::Invalid {
+        setting,
+        message: format!("{:#}", anyhow::Error::new(err)),
+    })?;
     Ok(Arc::new(authorizer))
+}
+
+/// What the configuration builds before anything listens: the credential checks and the sinks
+/// to open.
+pub struct Prepared {
+    licenses: LicenseVerifier,
+    managed: Arc<dyn ManagedServiceAuthorizer>,
+}
+
+/// Checks the whole configuration and builds what needs no network; every problem is reported
+/// at once (`telemetry-gateway check-config` and the start of `serve`).
+pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
+    let mut problems = ConfigErrors::default();
+    let licenses = license_verifier(&config.license).map_err(|err| problems.push(err));
+    let managed = managed_authorizer(&config.sams).map_err(|err| problems.push(err));
+    if let Err(errors) = config.events.selected_sinks() {
+        problems.extend(errors);
+    }
+    match (licenses, managed) {
+        (Ok(licenses), Ok(managed)) if problems.problems().is_empty() => {
+            Ok(Prepared { licenses, managed })
+        }
+        _ => Err(problems),
+    }
 }
 
 /// Runs the gateway until `shutdown` completes, then drains and closes the sink. `prometheus` is
@@ -74,8 +103,15 @@ pub async fn run(
     prometheus: Option<prometheus::Registry>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let licenses = license_verifier(&config.license)?;
-    let managed = managed_authorizer(&config.sams)?;
+    let Prepared { licenses, managed } = prepare(&config)?;
+    match config.sams.credentials().ok().flatten() {
+        Some(credentials) => {
+            tracing::info!(sams = %credentials.api_url, clientID = %credentials.client_id, "managed services authenticate with SAMS")
+        }
+        None => tracing::info!(
+            "SAMS client credentials are not set: managed-service calls will be refused"
+        ),
+    }
     let sink = sinks::build(&config.events).await?;
     let policy = EventPolicy {
         fingerprint_license_keys: config.events.fingerprint_license_keys,

@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use telemetry_gateway::config::{self, Cli, Command};
+use telemetry_gateway::config::{self, Command, ParsedCli};
 use telemetry_gateway::telemetry::Telemetry;
 use telemetry_gateway::{config_docs, run, shutdown_signal};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = match ParsedCli::from_env() {
+        Ok(parsed) => parsed,
         Err(err) => {
             let hint = config::env_hint(&err);
             let _ = err.print();
@@ -17,18 +16,23 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
     };
-    match cli.command {
+    match parsed.cli.command {
         Some(Command::ConfigDocs) => {
             print!("{}", config_docs::render());
             return ExitCode::SUCCESS;
         }
+        Some(Command::CheckConfig) => return check_config(&parsed),
         Some(Command::Send(args)) => return telemetry_gateway::send::run(*args),
         Some(Command::Serve) | None => {}
     }
-    let config = cli.config;
+    let config = parsed.cli.config;
     if config.sanity_check {
         println!("Sanity check passed, exiting without error");
         return ExitCode::SUCCESS;
+    }
+    if let Err(problems) = telemetry_gateway::prepare(&config) {
+        eprintln!("telemetry-gateway: invalid configuration:\n{problems}");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,6 +52,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        for variable in config::unknown_variables(std::env::vars_os()) {
+            tracing::warn!(
+                variable,
+                "{variable} is not a setting of the gateway: ignored (a typo?)"
+            );
+        }
         let ran = run(config, telemetry.prometheus.clone(), shutdown_signal()).await;
         if let Err(err) = &ran {
             // Before the shutdown, which closes Sentry.
@@ -62,4 +72,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `telemetry-gateway check-config`: the effective settings, then every problem; exit 0 when the
+/// gateway would start with them, 2 when not.
+fn check_config(parsed: &ParsedCli) -> ExitCode {
+    for setting in parsed.effective_settings() {
+        println!("{setting}");
+    }
+    let mut ok = true;
+    for variable in config::unknown_variables(std::env::vars_os()) {
+        println!("warning: {variable} is not a setting of the gateway: ignored (a typo?)");
+    }
+    if let Err(problems) = telemetry_gateway::prepare(&parsed.cli.config) {
+        ok = false;
+        println!("invalid configuration:");
+        for problem in problems.problems() {
+            println!("  {problem}");
+        }
+    }
+    if ok {
+        println!("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }

@@ -1,0 +1,159 @@
+//! How the real binary reads its configuration as templated deployments write it: empty values,
+//! typos, flags after the subcommand, every problem at once, and `check-config`.
+
+mod support;
+
+use support::{GatewayProcess, run_to_completion as run};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_effective_settings_with_their_origin_and_secrets_redacted() {
+    let output = run(
+        &[
+            ("ENVIRONMENT_ID", "prod"),
+            ("SENTRY_DSN", "https://public-key@sentry.invalid/1"),
+            ("DIAGNOSTICS_SECRET", "diagnostics-secret-value"),
+        ],
+        &["check-config", "--port", "0"],
+    );
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for line in [
+        "PORT=0 (flag)",
+        "ENVIRONMENT_ID=prod (environment)",
+        "MSP=false (default)",
+        "SENTRY_DSN=<redacted> (environment)",
+        "DIAGNOSTICS_SECRET=<redacted> (environment)",
+        "TELEMETRY_GATEWAY_SAMS_CLIENT_ID= (unset)",
+        "configuration OK",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("public-key") && !text.contains("diagnostics-secret-value"));
+}
+
+#[test]
+fn an_empty_environment_value_means_unset() {
+    let output = run(
+        &[
+            ("PORT", ""),
+            ("DIAGNOSTICS_SECRET", ""),
+            ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID", ""),
+            ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", ""),
+            ("MSP", ""),
+            ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", ""),
+            ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", ""),
+        ],
+        &["check-config"],
+    );
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for line in [
+        "PORT=10085 (default)",
+        "DIAGNOSTICS_SECRET= (unset)",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID= (unset)",
+        "MSP=false (default)",
+        "TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT=10s (default)",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once_and_check_config_exits_2() {
+    let env = [
+        ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", "true"),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
+        ("TELEMETRY_GATEWAY_SAMS_CLIENT_ID", "sams_cid_x"),
+        ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", "not a key"),
+        ("PORT", "0"),
+    ];
+    let expected = [
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID: required by the pubsub sink",
+        "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID: required by the pubsub sink",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID: required by the bigquery sink",
+        "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID: required by the bigquery sink",
+        "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET: required when TELEMETRY_GATEWAY_SAMS_CLIENT_ID is set",
+        "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY: ",
+    ];
+    let checked = run(&env, &["check-config"]);
+    let text = stdout(&checked);
+    assert_eq!(checked.status.code(), Some(2), "{text}");
+    let served = run(&env, &[]);
+    assert_eq!(served.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    for problem in expected {
+        assert!(
+            text.contains(problem),
+            "check-config lacks {problem:?}:\n{text}"
+        );
+        assert!(
+            stderr.contains(problem),
+            "serve lacks {problem:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_gateway_variable_is_a_warning() {
+    let typo = ("TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC", "events");
+    let output = run(&[typo], &["check-config"]);
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a typo alone is not fatal:\n{text}"
+    );
+    assert!(
+        text.contains(
+            "warning: TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC is not a setting of the gateway"
+        ),
+        "{text}"
+    );
+
+    let mut gateway = GatewayProcess::start(&[typo]);
+    gateway.address();
+    let warned = gateway.lines().into_iter().any(|line| {
+        line["variable"] == "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC" && line["level"] == "WARN"
+    });
+    assert!(warned, "no warning logged: {:#?}", gateway.lines());
+    assert!(gateway.terminate().success());
+}
+
+#[test]
+fn settings_may_follow_the_serve_subcommand() {
+    let output = run(&[], &["serve", "--port", "0", "--sanity-check", "true"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout(&output).trim(),
+        "Sanity check passed, exiting without error"
+    );
+}
+
+#[test]
+fn durations_take_the_forms_operators_write() {
+    for (value, ok) in [
+        ("1m30s", true),
+        ("250ms", true),
+        ("1h", true),
+        ("10", true),
+        ("0.5", true),
+        ("ten seconds", false),
+    ] {
+        let output = run(
+            &[("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", value)],
+            &["check-config"],
+        );
+        assert_eq!(output.status.success(), ok, "{value}: {output:?}");
+        if !ok {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                stderr.contains("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT"),
+                "{stderr}"
+            );
+        }
+    }
+}
