@@ -2,7 +2,7 @@
 //! events → [`prepare_payload`] (migrate, validate, render, attributes) → sink →
 //! [`summarize`] (outcomes + source policy → acknowledged IDs, failures, drops).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -68,6 +68,24 @@ enum Disposition {
     Drop(DropReason, String),
     /// Repeats an earlier ID of the same payload: published and acknowledged once.
     Duplicate,
+    /// Not published (invalid or dropped, for the reason given), but a later event with the same
+    /// ID was: counted as dropped, and the ID is acknowledged only through that later event.
+    Superseded(DropReason, String),
+}
+
+impl Disposition {
+    fn is_publish(&self) -> bool {
+        matches!(self, Disposition::Publish(_))
+    }
+
+    /// What an earlier event becomes once a later event with its ID is published.
+    fn superseded(self) -> Disposition {
+        match self {
+            Disposition::Invalid(error) => Disposition::Superseded(DropReason::Invalid, error),
+            Disposition::Drop(reason, detail) => Disposition::Superseded(reason, detail),
+            other => other,
+        }
+    }
 }
 
 /// One input event's identity, kept for summaries and logs.
@@ -111,26 +129,46 @@ pub fn prepare_payload(
         message_sizes: Vec::with_capacity(events.len()),
         slots: Vec::with_capacity(events.len()),
     };
-    let mut seen = HashSet::with_capacity(events.len());
+    // The slot that speaks for each ID: its published event if there is one, else its first.
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(events.len());
     let mut json = Vec::with_capacity(1024);
     for mut event in events {
-        let disposition = if !seen.insert(event.id.clone()) {
-            Disposition::Duplicate
-        } else if cody_only && !is_cody_feature(&event.feature) {
-            Disposition::Drop(
+        let index = prepared.slots.len();
+        let earlier = by_id.get(&event.id).copied();
+        let mut disposition = match earlier {
+            Some(earlier) if prepared.slots[earlier].disposition.is_publish() => {
+                Disposition::Duplicate
+            }
+            _ if cody_only && !is_cody_feature(&event.feature) => Disposition::Drop(
                 DropReason::Policy,
                 "license disables export of events other than cody".into(),
-            )
-        } else {
-            migrate_legacy_metadata(&mut event);
-            match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
-                Ok(ready) => {
-                    prepared.events.push(ready);
-                    Disposition::Publish(prepared.events.len() - 1)
+            ),
+            _ => {
+                migrate_legacy_metadata(&mut event);
+                match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
+                    Ok(ready) => {
+                        prepared.events.push(ready);
+                        Disposition::Publish(prepared.events.len() - 1)
+                    }
+                    Err(disposition) => disposition,
                 }
-                Err(disposition) => disposition,
             }
         };
+        match earlier {
+            None => {
+                by_id.insert(event.id.clone(), index);
+            }
+            Some(_) if disposition == Disposition::Duplicate => {}
+            // The earlier events of this ID were not published: a published one takes over
+            // (so the ID is acknowledged only if it is handed off), another refusal is a repeat.
+            Some(earlier) if disposition.is_publish() => {
+                let slot = &mut prepared.slots[earlier];
+                slot.disposition =
+                    std::mem::replace(&mut slot.disposition, Disposition::Duplicate).superseded();
+                by_id.insert(event.id.clone(), index);
+            }
+            Some(_) => disposition = Disposition::Duplicate,
+        }
         prepared.slots.push(Slot {
             id: event.id,
             feature: event.feature,
@@ -315,7 +353,8 @@ impl fmt::Display for EventFailure {
     }
 }
 
-/// An event acknowledged without being published.
+/// An event that will not be published: acknowledged without being published, or (when a later
+/// event with the same ID was published instead) acknowledged only through that event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DroppedEvent {
     /// The event's ID.
@@ -333,7 +372,8 @@ pub struct Summary {
     pub succeeded: Vec<String>,
     /// Events not acknowledged: the sender should retry them.
     pub failed: Vec<EventFailure>,
-    /// Events acknowledged without being published.
+    /// Events not published for good (acknowledged, unless superseded by a published event
+    /// with the same ID).
     pub dropped: Vec<DroppedEvent>,
     /// Events repeating an earlier ID of the payload.
     pub duplicates: usize,
@@ -373,6 +413,15 @@ pub fn summarize(
                     detail,
                 });
                 summary.succeeded.push(slot.id);
+                continue;
+            }
+            Disposition::Superseded(reason, detail) => {
+                // Acknowledged, if at all, through the later event with its ID.
+                summary.dropped.push(DroppedEvent {
+                    id: slot.id,
+                    reason,
+                    detail,
+                });
                 continue;
             }
             Disposition::Invalid(error) => (error, false, DropReason::Invalid),
