@@ -35,7 +35,7 @@ pub fn license_verifier(config: &LicenseConfig) -> anyhow::Result<LicenseVerifie
             .context("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY");
     }
     if let Some(pem) = &config.license_generation_key {
-        return LicenseVerifier::from_pem_private_key(pem)
+        return LicenseVerifier::from_pem_private_key(pem.expose())
             .context("SOURCEGRAPH_LICENSE_GENERATION_KEY");
     }
     Ok(LicenseVerifier::production())

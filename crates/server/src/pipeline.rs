@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
-use telemetry_gateway_proto::v1::{Event, EventSource};
+use telemetry_gateway_proto::v1::Event;
 use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, validate_event};
 use telemetry_gateway_sink::{Attributes, PreparedEvent, PublishOutcome};
 
@@ -36,16 +36,24 @@ pub struct EventPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
     /// It failed validation or could not be rendered (instances only; managed services are told).
-    Invalid,
+    Invalid = 0,
     /// Its payload reached [`MAX_EVENT_PAYLOAD_BYTES`].
-    Oversized,
+    Oversized = 1,
     /// The sender's license does not allow exporting it.
-    Policy,
+    Policy = 2,
     /// A sink rejected it permanently (instances only).
-    Rejected,
+    Rejected = 3,
 }
 
 impl DropReason {
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::Invalid,
+        DropReason::Oversized,
+        DropReason::Policy,
+        DropReason::Rejected,
+    ];
+
     /// The metrics and log label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -104,6 +112,8 @@ pub struct PreparedPayload {
     pub events: Vec<PreparedEvent>,
     /// The size of every rendered message, oversized ones included (for metrics).
     pub message_sizes: Vec<usize>,
+    /// The first oversized event, for the log.
+    pub oversized: Option<OversizedSample>,
     slots: Vec<Slot>,
 }
 
@@ -127,6 +137,7 @@ pub fn prepare_payload(
     let mut prepared = PreparedPayload {
         events: Vec::with_capacity(events.len()),
         message_sizes: Vec::with_capacity(events.len()),
+        oversized: None,
         slots: Vec::with_capacity(events.len()),
     };
     // The slot that speaks for each ID: its published event if there is one, else its first.
@@ -150,7 +161,15 @@ pub fn prepare_payload(
                         prepared.events.push(ready);
                         Disposition::Publish(prepared.events.len() - 1)
                     }
-                    Err(disposition) => disposition,
+                    Err(disposition) => {
+                        if let Disposition::Drop(DropReason::Oversized, _) = disposition
+                            && prepared.oversized.is_none()
+                        {
+                            let size = prepared.message_sizes.last().copied().unwrap_or_default();
+                            prepared.oversized = Some(oversized_sample(&mut event, size));
+                        }
+                        disposition
+                    }
                 }
             }
         };
@@ -179,17 +198,21 @@ pub fn prepare_payload(
     prepared
 }
 
-/// Prepares a single event (the unary path): `Err` carries why it will not be published. The
-/// rendered message's size, oversized or not, is appended to `sizes` (for metrics).
+/// Prepares a single event (the unary path): `Err` carries why it will not be published, and
+/// `Ok(None)` an oversized event (dropped, with what the log shows of it). The rendered
+/// message's size, oversized or not, is appended to `sizes` (for metrics).
 pub fn prepare_single(
     mut event: Event,
     source: &Source,
     sizes: &mut Vec<usize>,
-) -> Result<Option<PreparedEvent>, String> {
+) -> Result<Result<PreparedEvent, OversizedSample>, String> {
     migrate_legacy_metadata(&mut event);
     match prepare_event(&event, source, &mut Vec::new(), sizes) {
-        Ok(ready) => Ok(Some(ready)),
-        Err(Disposition::Drop(..)) => Ok(None),
+        Ok(ready) => Ok(Ok(ready)),
+        Err(Disposition::Drop(..)) => {
+            let size = sizes.last().copied().unwrap_or_default();
+            Ok(Err(oversized_sample(&mut event, size)))
+        }
         Err(Disposition::Invalid(reason)) => Err(reason),
         Err(other) => Err(format!("unexpected disposition {other:?}")),
     }
@@ -216,10 +239,9 @@ fn prepare_event(
     let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
     sizes.push(size);
     if size >= MAX_EVENT_PAYLOAD_BYTES {
-        log_oversized(event, size, json);
         return Err(Disposition::Drop(
             DropReason::Oversized,
-            format!("event {}/{} is oversized", event.feature, event.action),
+            format!("event is oversized ({size} bytes)"),
         ));
     }
     let mut payload = Vec::with_capacity(size);
@@ -239,16 +261,47 @@ fn prepare_event(
     })
 }
 
-fn log_oversized(event: &Event, size: usize, json: &[u8]) {
-    let snippet = String::from_utf8_lossy(&json[..json.len().min(OVERSIZED_SNIPPET_BYTES)]);
-    tracing::error!(
-        error = %format!("event {}/{} is oversized", event.feature, event.action),
-        eventID = %event.id,
-        eventSource = %SourceText(event.source.as_ref()),
+/// What the log shows of an oversized event: its identity, its size, and the start of its JSON
+/// rendered without its private metadata. The request metadata (which holds a licensed
+/// instance's license key) is never part of it. Takes the private metadata out of `event`.
+fn oversized_sample(event: &mut Event, size: usize) -> OversizedSample {
+    if let Some(parameters) = event.parameters.as_mut() {
+        parameters.private_metadata = None;
+    }
+    let mut json = Vec::new();
+    let snippet = match render_event(event, &mut json) {
+        Ok(()) => {
+            let mut end = json.len().min(OVERSIZED_SNIPPET_BYTES);
+            // Cut on a character boundary (UTF-8 continuation bytes are 0b10xx_xxxx).
+            while end < json.len() && end > 0 && (json[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+            String::from_utf8_lossy(&json[..end]).into_owned()
+        }
+        Err(err) => format!("<not renderable: {err}>"),
+    };
+    OversizedSample {
+        id: event.id.clone(),
+        feature: event.feature.clone(),
+        action: event.action.clone(),
         size,
-        eventSnippet = %snippet,
-        "discarding oversized event"
-    );
+        snippet,
+    }
+}
+
+/// The first oversized event of a payload (or the unary call's), as the log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OversizedSample {
+    /// The event's ID.
+    pub id: String,
+    /// The event's feature.
+    pub feature: String,
+    /// The event's action.
+    pub action: String,
+    /// The size of its message in bytes.
+    pub size: usize,
+    /// The start of its JSON, without private metadata.
+    pub snippet: String,
 }
 
 /// The Pub/Sub message attributes of an event (after legacy migration).
@@ -273,28 +326,6 @@ pub fn attributes(event: &Event, source: &Source) -> Attributes {
         }
     }
     attributes
-}
-
-/// The protobuf text form of an event's source, for logs (`server:{version:"x"} ...`).
-struct SourceText<'a>(Option<&'a EventSource>);
-
-impl fmt::Display for SourceText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(source) = self.0 else {
-            return Ok(());
-        };
-        if let Some(server) = &source.server {
-            write!(f, "server:{{version:{:?}}}", server.version)?;
-        }
-        if let Some(client) = &source.client {
-            write!(f, " client:{{name:{:?}", client.name)?;
-            if let Some(version) = &client.version {
-                write!(f, " version:{version:?}")?;
-            }
-            f.write_str("}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The overall result of a payload, as the original labels it.
@@ -379,6 +410,8 @@ pub struct Summary {
     pub duplicates: usize,
     /// How many events the sender submitted.
     pub submitted: usize,
+    /// The first oversized event, for the log.
+    pub oversized: Option<OversizedSample>,
     /// The overall result.
     pub result: BatchResult,
 }
@@ -398,6 +431,7 @@ pub fn summarize(
         dropped: Vec::new(),
         duplicates: 0,
         submitted: payload.slots.len(),
+        oversized: payload.oversized,
         result: BatchResult::Success,
     };
     for slot in payload.slots {
