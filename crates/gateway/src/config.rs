@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use telemetry_gateway_server::RateLimit;
+use telemetry_gateway_server::{RateLimit, Secret};
 use telemetry_gateway_sink::BigQuerySinkConfig;
 use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
 
@@ -79,7 +79,7 @@ pub struct ServerConfig {
 
     /// Bearer secret required by `/-/healthz`; unset means no authentication (logged as a warning).
     #[arg(long, env = "DIAGNOSTICS_SECRET", hide_env_values = true)]
-    pub diagnostics_secret: Option<String>,
+    pub diagnostics_secret: Option<Secret>,
 
     /// Largest gRPC message accepted, in bytes; larger messages get `ResourceExhausted`.
     #[arg(long, env = "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES", default_value_t = 90 * 1024 * 1024)]
@@ -172,7 +172,7 @@ pub struct TelemetryConfig {
     /// event's feature, action and ID; cancellations excluded) and panics are reported to Sentry,
     /// with `ENVIRONMENT_ID` as the environment.
     #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
-    pub sentry_dsn: Option<String>,
+    pub sentry_dsn: Option<Secret>,
 }
 
 /// How log lines are written.
@@ -335,7 +335,7 @@ pub struct LicenseConfig {
         env = "SOURCEGRAPH_LICENSE_GENERATION_KEY",
         hide_env_values = true
     )]
-    pub license_generation_key: Option<String>,
+    pub license_generation_key: Option<Secret>,
 
     /// Refuse streams whose license has expired (the original accepts them).
     #[arg(long, env = "TELEMETRY_GATEWAY_LICENSE_REJECT_EXPIRED", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
@@ -735,5 +735,48 @@ mod tests {
         assert_eq!(rate_limit(50, 0), Some((50, 500)));
         assert_eq!(rate_limit(50, 20), Some((50, 20)));
         assert_eq!(rate_limit(u32::MAX, 0), Some((u32::MAX, u32::MAX)));
+    }
+
+    #[test]
+    fn debug_output_redacts_every_credential() {
+        let secrets = [
+            ("--diagnostics-secret", "diag-secret-value"),
+            ("--sentry-dsn", "https://sentrykey@sentry.example/1"),
+            (
+                "--license-generation-key",
+                "-----BEGIN RSA PRIVATE KEY-----pem",
+            ),
+            ("--sams-client-id", "client-id"),
+            ("--sams-client-secret", "sams-secret-value"),
+        ];
+        let mut args = vec!["telemetry-gateway".to_string()];
+        args.extend(
+            secrets
+                .iter()
+                .map(|(flag, value)| format!("{flag}={value}")),
+        );
+        let cli = Cli::try_parse_from(args).expect("the flags parse");
+        let debug = format!("{cli:?}");
+        for (flag, value) in secrets
+            .iter()
+            .filter(|(flag, _)| *flag != "--sams-client-id")
+        {
+            assert!(!debug.contains(value), "{flag} is shown: {debug}");
+        }
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let options = telemetry_gateway_server::ServerOptions {
+            diagnostics_secret: cli.config.server.diagnostics_secret.clone(),
+            ..Default::default()
+        };
+        assert!(!format!("{options:?}").contains("diag-secret-value"));
+        assert_eq!(
+            cli.config
+                .server
+                .diagnostics_secret
+                .as_ref()
+                .map(Secret::expose),
+            Some("diag-secret-value"),
+            "the value itself is kept"
+        );
     }
 }

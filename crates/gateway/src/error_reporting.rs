@@ -5,9 +5,15 @@
 //!
 //! Nothing here reads requests: a report holds only what the log line holds, and the server logs
 //! neither license keys nor bearer tokens.
+//!
+//! Reports are limited per interval ([`ReportLimiter`]), so that no sender can turn its bad input
+//! into a flood of Sentry events: the server already logs at most one error line per payload and
+//! kind of failure, and the limiter bounds how many of those become events.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer};
@@ -78,14 +84,16 @@ pub fn layer() -> BoxedLayer {
 }
 
 /// The client options: `environment` is `ENVIRONMENT_ID`; events get their tags and fingerprint
-/// from [`tag_event`]; no personal data (no request details, no user IP).
+/// from [`tag_event`] and are limited by a [`ReportLimiter`]; no personal data (no request
+/// details, no user IP).
 pub fn client_options(dsn: Dsn, environment: &str) -> sentry::ClientOptions {
+    let limiter = Arc::new(ReportLimiter::default());
     let mut options = sentry::ClientOptions::new()
         .environment(environment.to_string())
         .release(RELEASE)
         .send_default_pii(false)
         .shutdown_timeout(CLOSE_TIMEOUT)
-        .before_send(|event| Some(tag_event(event)));
+        .before_send(move |event| limiter.admit(tag_event(event), Instant::now()));
     options.dsn = Some(dsn);
     options
 }
@@ -119,6 +127,136 @@ pub fn tag_event(mut event: Event<'static>) -> Event<'static> {
         ]);
     }
     event
+}
+
+/// The length of a reporting interval.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// At most this many events of one kind (fingerprint, else message) are sent per interval.
+pub const REPORTS_PER_KIND: u32 = 5;
+
+/// At most this many events are sent per interval in all.
+pub const REPORTS_PER_INTERVAL: u32 = 50;
+
+/// At most this many kinds are remembered (with their counts of suppressed events).
+const REMEMBERED_KINDS: usize = 4 * REPORTS_PER_INTERVAL as usize;
+
+/// The extra field of a sent event counting the events of its kind suppressed before it.
+pub const SUPPRESSED_FIELD: &str = "reports_suppressed";
+
+/// Limits Sentry events per [`REPORT_INTERVAL`]: [`REPORTS_PER_KIND`] of one kind,
+/// [`REPORTS_PER_INTERVAL`] in all; panics always pass. A suppressed event is counted, and the
+/// next event of its kind that is sent says how many were suppressed ([`SUPPRESSED_FIELD`]).
+#[derive(Debug, Default)]
+pub struct ReportLimiter {
+    window: Mutex<Window>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    started: Option<Instant>,
+    sent: u32,
+    kinds: HashMap<String, KindCount>,
+    /// Events suppressed whose kind is not remembered.
+    suppressed_unknown: u64,
+}
+
+#[derive(Debug, Default)]
+struct KindCount {
+    sent: u32,
+    suppressed: u64,
+}
+
+impl ReportLimiter {
+    /// `Some(event)` if it may be sent at `now`, carrying the count of its kind's suppressed
+    /// predecessors; `None` if it is suppressed.
+    pub fn admit(&self, mut event: Event<'static>, now: Instant) -> Option<Event<'static>> {
+        if event.level == sentry::Level::Fatal {
+            return Some(event);
+        }
+        let kind = report_kind(&event);
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        if window
+            .started
+            .is_none_or(|started| now.duration_since(started) >= REPORT_INTERVAL)
+        {
+            window.start(now);
+        }
+        let has_room = window.sent < REPORTS_PER_INTERVAL;
+        let remembered = window.kinds.len() < REMEMBERED_KINDS;
+        let Window {
+            sent,
+            kinds,
+            suppressed_unknown,
+            ..
+        } = &mut *window;
+        match kinds.get_mut(&kind) {
+            Some(count) if has_room && count.sent < REPORTS_PER_KIND => {
+                count.sent += 1;
+                *sent += 1;
+                if count.suppressed > 0 {
+                    event.extra.insert(
+                        SUPPRESSED_FIELD.into(),
+                        Value::from(std::mem::take(&mut count.suppressed)),
+                    );
+                }
+                Some(event)
+            }
+            Some(count) => {
+                count.suppressed += 1;
+                None
+            }
+            None if remembered => {
+                kinds.insert(
+                    kind,
+                    KindCount {
+                        sent: u32::from(has_room),
+                        suppressed: u64::from(!has_room),
+                    },
+                );
+                if !has_room {
+                    return None;
+                }
+                *sent += 1;
+                if *suppressed_unknown > 0 {
+                    event.extra.insert(
+                        format!("{SUPPRESSED_FIELD}_of_other_kinds"),
+                        Value::from(std::mem::take(suppressed_unknown)),
+                    );
+                }
+                Some(event)
+            }
+            None => {
+                *suppressed_unknown += 1;
+                None
+            }
+        }
+    }
+}
+
+impl Window {
+    /// Starts a new interval, remembering only the kinds with suppressed events to report.
+    fn start(&mut self, now: Instant) {
+        self.started = Some(now);
+        self.sent = 0;
+        self.kinds.retain(|_, count| count.suppressed > 0);
+        for count in self.kinds.values_mut() {
+            count.sent = 0;
+        }
+    }
+}
+
+/// What makes two events the same kind: their fingerprint when one is set, else their message.
+fn report_kind(event: &Event<'_>) -> String {
+    let fingerprint: Vec<&str> = event.fingerprint.iter().map(AsRef::as_ref).collect();
+    if fingerprint != ["{{ default }}"] {
+        return fingerprint.join("\u{1f}");
+    }
+    event
+        .message
+        .clone()
+        .or_else(|| event.exception.first().and_then(|e| e.value.clone()))
+        .unwrap_or_default()
 }
 
 /// A started Sentry client; [`ErrorReporting::close`] sends what is queued.
@@ -243,6 +381,60 @@ mod tests {
         );
         let fingerprint: Vec<&str> = event.fingerprint.iter().map(AsRef::as_ref).collect();
         assert_eq!(fingerprint, ["failed to publish event", "backendError"]);
+    }
+
+    #[test]
+    fn reports_are_limited_per_kind_and_per_interval() {
+        let events = captured(|| {
+            for i in 0..1000 {
+                tracing::error!(
+                    error = "backendError",
+                    eventID = i,
+                    eventFeature = "f",
+                    eventAction = "a",
+                    "failed to publish event: {i}"
+                );
+            }
+            for i in 0..1000 {
+                tracing::error!(error = "sink down", "kind {i}");
+            }
+        });
+        let publish_failures = events
+            .iter()
+            .filter(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("failed to publish"))
+            })
+            .count();
+        assert_eq!(publish_failures, REPORTS_PER_KIND as usize);
+        assert_eq!(events.len(), REPORTS_PER_INTERVAL as usize);
+    }
+
+    #[test]
+    fn the_next_interval_reports_how_many_were_suppressed() {
+        let limiter = ReportLimiter::default();
+        let event = || Event {
+            message: Some("sink down".into()),
+            ..Event::default()
+        };
+        let start = Instant::now();
+        let sent = (0..100)
+            .filter(|_| limiter.admit(event(), start).is_some())
+            .count();
+        assert_eq!(sent, REPORTS_PER_KIND as usize);
+        let next = limiter
+            .admit(event(), start + REPORT_INTERVAL)
+            .expect("a new interval has room");
+        assert_eq!(
+            next.extra.get(SUPPRESSED_FIELD),
+            Some(&Value::from(100 - u64::from(REPORTS_PER_KIND)))
+        );
+        let panic = Event {
+            level: SentryLevel::Fatal,
+            ..event()
+        };
+        assert!((0..100).all(|_| limiter.admit(panic.clone(), start).is_some()));
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub fn license_verifier(config: &LicenseConfig) -> Result<LicenseVerifier, Confi
             .map_err(invalid("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY"));
     }
     if let Some(pem) = &config.license_generation_key {
-        return LicenseVerifier::from_pem_private_key(pem)
+        return LicenseVerifier::from_pem_private_key(pem.expose())
             .map_err(invalid("SOURCEGRAPH_LICENSE_GENERATION_KEY"));
     }
     Ok(LicenseVerifier::production())

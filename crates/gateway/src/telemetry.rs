@@ -4,6 +4,7 @@
 use anyhow::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use telemetry_gateway_server::Secret;
 
 use crate::config::Config;
 use crate::error_reporting::{self, ErrorReporting};
@@ -32,7 +33,7 @@ impl Telemetry {
         let format = config.logging.format(config.server.msp);
         // Sentry starts before the first log line, so the runtime's threads inherit its client.
         let sentry = ErrorReporting::init(
-            config.telemetry.sentry_dsn.as_deref(),
+            config.telemetry.sentry_dsn.as_ref().map(Secret::expose),
             &config.server.environment_id,
         )?;
         let sentry_layer = sentry.as_ref().map(|_| error_reporting::layer());

@@ -24,7 +24,7 @@ pub struct Diagnostics {
     /// The version string served at `/-/version`.
     pub version: String,
     /// The bearer secret required by `/-/healthz`, if any.
-    pub secret: Option<String>,
+    pub secret: Option<crate::Secret>,
     /// The sink whose health `/-/healthz` reports.
     pub sink: Arc<dyn EventSink>,
     /// Whether the gateway is draining, for `/-/ready`.
@@ -115,7 +115,7 @@ async fn healthz(
     headers: HeaderMap,
 ) -> (StatusCode, String) {
     if let Some(secret) = &diagnostics.secret
-        && let Err(refusal) = check_bearer(&headers, secret)
+        && let Err(refusal) = check_bearer(&headers, secret.expose())
     {
         return refusal;
     }
@@ -144,7 +144,10 @@ fn check_bearer(headers: &HeaderMap, secret: &str) -> Result<(), (StatusCode, St
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err((
             StatusCode::BAD_REQUEST,
-            format!("invalid token scheme {scheme}"),
+            format!(
+                "invalid token scheme {}",
+                crate::managed::displayable_scheme(scheme)
+            ),
         ));
     }
     if bool::from(token.as_bytes().ct_eq(secret.as_bytes())) {

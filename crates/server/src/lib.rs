@@ -24,8 +24,10 @@ pub mod error;
 pub mod lifecycle;
 pub mod managed;
 pub mod metrics;
+pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod secret;
 pub mod service;
 pub mod source;
 pub mod tracing_context;
@@ -38,6 +40,7 @@ pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, Sam
 pub use metrics::Metrics;
 pub use pipeline::EventPolicy;
 pub use rate_limit::{RateLimit, RateLimiter};
+pub use secret::Secret;
 pub use service::{EventGateway, GrpcService};
 pub use source::{Source, SourceKind};
 
@@ -52,7 +55,7 @@ pub struct ServerOptions {
     /// The version served at `/-/version`.
     pub version: String,
     /// The bearer secret for `/-/healthz`, if any.
-    pub diagnostics_secret: Option<String>,
+    pub diagnostics_secret: Option<Secret>,
     /// The registry served at `/metrics` (none: no `/metrics` route).
     pub prometheus: Option<prometheus::Registry>,
 }

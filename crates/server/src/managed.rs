@@ -166,10 +166,35 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<String, ManagedAuthError> 
     };
     if !kind.eq_ignore_ascii_case("bearer") {
         return Err(ManagedAuthError::InvalidTokenHeader(format!(
-            "invalid token type {kind} in Authorization header"
+            "invalid token type {} in Authorization header",
+            displayable_scheme(kind)
         )));
     }
     Ok(token.to_string())
+}
+
+/// At most this many characters of a sender's authorization scheme are repeated back.
+const MAX_SCHEME_CHARS: usize = 32;
+
+/// A sender's authorization scheme as it may appear in a status, a log line or a span: at most
+/// [`MAX_SCHEME_CHARS`] characters (then `...`), each a visible ASCII character other than quotes
+/// and backslashes, anything else shown as `?`. Real schemes (`Basic`, `Token`) are unchanged.
+pub fn displayable_scheme(scheme: &str) -> String {
+    let mut shown: String = scheme
+        .chars()
+        .take(MAX_SCHEME_CHARS)
+        .map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '\'') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if scheme.chars().nth(MAX_SCHEME_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -230,6 +255,30 @@ mod tests {
         for (map, expected) in cases {
             assert_eq!(bearer_token(&map), expected, "{map:?}");
         }
+    }
+
+    #[test]
+    fn a_hostile_token_type_is_bounded_and_sanitised() {
+        let long = format!("X{}", "a".repeat(10_000));
+        let mut map = MetadataMap::new();
+        map.append(
+            "authorization",
+            format!("{long} token")
+                .parse()
+                .expect("a valid header value"),
+        );
+        let Err(ManagedAuthError::InvalidTokenHeader(message)) = bearer_token(&map) else {
+            panic!("refused as an invalid token header");
+        };
+        assert_eq!(
+            message,
+            format!(
+                "invalid token type X{}... in Authorization header",
+                "a".repeat(31)
+            )
+        );
+        assert_eq!(displayable_scheme("Basic"), "Basic");
+        assert_eq!(displayable_scheme("a\"b\\c\u{7f}\u{e9}\n"), "a?b?c???");
     }
 
     #[test]

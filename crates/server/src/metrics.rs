@@ -173,12 +173,7 @@ impl Metrics {
             summary.failed.len() as u64,
             &[KeyValue::new("succeeded", false), result, source_kv.clone()],
         );
-        for reason in [
-            DropReason::Invalid,
-            DropReason::Oversized,
-            DropReason::Policy,
-            DropReason::Rejected,
-        ] {
+        for reason in DropReason::ALL {
             let count = summary
                 .dropped
                 .iter()

@@ -2,11 +2,11 @@
 //! events → [`prepare_payload`] (migrate, validate, render, attributes) → sink →
 //! [`summarize`] (outcomes + source policy → acknowledged IDs, failures, drops).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
-use telemetry_gateway_proto::v1::{Event, EventSource};
+use telemetry_gateway_proto::v1::Event;
 use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, validate_event};
 use telemetry_gateway_sink::{Attributes, PreparedEvent, PublishOutcome};
 
@@ -36,16 +36,24 @@ pub struct EventPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
     /// It failed validation or could not be rendered (instances only; managed services are told).
-    Invalid,
+    Invalid = 0,
     /// Its payload reached [`MAX_EVENT_PAYLOAD_BYTES`].
-    Oversized,
+    Oversized = 1,
     /// The sender's license does not allow exporting it.
-    Policy,
+    Policy = 2,
     /// A sink rejected it permanently (instances only).
-    Rejected,
+    Rejected = 3,
 }
 
 impl DropReason {
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::Invalid,
+        DropReason::Oversized,
+        DropReason::Policy,
+        DropReason::Rejected,
+    ];
+
     /// The metrics and log label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +76,24 @@ enum Disposition {
     Drop(DropReason, String),
     /// Repeats an earlier ID of the same payload: published and acknowledged once.
     Duplicate,
+    /// Not published (invalid or dropped, for the reason given), but a later event with the same
+    /// ID was: counted as dropped, and the ID is acknowledged only through that later event.
+    Superseded(DropReason, String),
+}
+
+impl Disposition {
+    fn is_publish(&self) -> bool {
+        matches!(self, Disposition::Publish(_))
+    }
+
+    /// What an earlier event becomes once a later event with its ID is published.
+    fn superseded(self) -> Disposition {
+        match self {
+            Disposition::Invalid(error) => Disposition::Superseded(DropReason::Invalid, error),
+            Disposition::Drop(reason, detail) => Disposition::Superseded(reason, detail),
+            other => other,
+        }
+    }
 }
 
 /// One input event's identity, kept for summaries and logs.
@@ -86,6 +112,8 @@ pub struct PreparedPayload {
     pub events: Vec<PreparedEvent>,
     /// The size of every rendered message, oversized ones included (for metrics).
     pub message_sizes: Vec<usize>,
+    /// The first oversized event, for the log.
+    pub oversized: Option<OversizedSample>,
     slots: Vec<Slot>,
 }
 
@@ -109,28 +137,57 @@ pub fn prepare_payload(
     let mut prepared = PreparedPayload {
         events: Vec::with_capacity(events.len()),
         message_sizes: Vec::with_capacity(events.len()),
+        oversized: None,
         slots: Vec::with_capacity(events.len()),
     };
-    let mut seen = HashSet::with_capacity(events.len());
+    // The slot that speaks for each ID: its published event if there is one, else its first.
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(events.len());
     let mut json = Vec::with_capacity(1024);
     for mut event in events {
-        let disposition = if !seen.insert(event.id.clone()) {
-            Disposition::Duplicate
-        } else if cody_only && !is_cody_feature(&event.feature) {
-            Disposition::Drop(
+        let index = prepared.slots.len();
+        let earlier = by_id.get(&event.id).copied();
+        let mut disposition = match earlier {
+            Some(earlier) if prepared.slots[earlier].disposition.is_publish() => {
+                Disposition::Duplicate
+            }
+            _ if cody_only && !is_cody_feature(&event.feature) => Disposition::Drop(
                 DropReason::Policy,
                 "license disables export of events other than cody".into(),
-            )
-        } else {
-            migrate_legacy_metadata(&mut event);
-            match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
-                Ok(ready) => {
-                    prepared.events.push(ready);
-                    Disposition::Publish(prepared.events.len() - 1)
+            ),
+            _ => {
+                migrate_legacy_metadata(&mut event);
+                match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
+                    Ok(ready) => {
+                        prepared.events.push(ready);
+                        Disposition::Publish(prepared.events.len() - 1)
+                    }
+                    Err(disposition) => {
+                        if let Disposition::Drop(DropReason::Oversized, _) = disposition
+                            && prepared.oversized.is_none()
+                        {
+                            let size = prepared.message_sizes.last().copied().unwrap_or_default();
+                            prepared.oversized = Some(oversized_sample(&mut event, size));
+                        }
+                        disposition
+                    }
                 }
-                Err(disposition) => disposition,
             }
         };
+        match earlier {
+            None => {
+                by_id.insert(event.id.clone(), index);
+            }
+            Some(_) if disposition == Disposition::Duplicate => {}
+            // The earlier events of this ID were not published: a published one takes over
+            // (so the ID is acknowledged only if it is handed off), another refusal is a repeat.
+            Some(earlier) if disposition.is_publish() => {
+                let slot = &mut prepared.slots[earlier];
+                slot.disposition =
+                    std::mem::replace(&mut slot.disposition, Disposition::Duplicate).superseded();
+                by_id.insert(event.id.clone(), index);
+            }
+            Some(_) => disposition = Disposition::Duplicate,
+        }
         prepared.slots.push(Slot {
             id: event.id,
             feature: event.feature,
@@ -141,17 +198,21 @@ pub fn prepare_payload(
     prepared
 }
 
-/// Prepares a single event (the unary path): `Err` carries why it will not be published. The
-/// rendered message's size, oversized or not, is appended to `sizes` (for metrics).
+/// Prepares a single event (the unary path): `Err` carries why it will not be published, and
+/// `Ok(None)` an oversized event (dropped, with what the log shows of it). The rendered
+/// message's size, oversized or not, is appended to `sizes` (for metrics).
 pub fn prepare_single(
     mut event: Event,
     source: &Source,
     sizes: &mut Vec<usize>,
-) -> Result<Option<PreparedEvent>, String> {
+) -> Result<Result<PreparedEvent, OversizedSample>, String> {
     migrate_legacy_metadata(&mut event);
     match prepare_event(&event, source, &mut Vec::new(), sizes) {
-        Ok(ready) => Ok(Some(ready)),
-        Err(Disposition::Drop(..)) => Ok(None),
+        Ok(ready) => Ok(Ok(ready)),
+        Err(Disposition::Drop(..)) => {
+            let size = sizes.last().copied().unwrap_or_default();
+            Ok(Err(oversized_sample(&mut event, size)))
+        }
         Err(Disposition::Invalid(reason)) => Err(reason),
         Err(other) => Err(format!("unexpected disposition {other:?}")),
     }
@@ -178,10 +239,9 @@ fn prepare_event(
     let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
     sizes.push(size);
     if size >= MAX_EVENT_PAYLOAD_BYTES {
-        log_oversized(event, size, json);
         return Err(Disposition::Drop(
             DropReason::Oversized,
-            format!("event {}/{} is oversized", event.feature, event.action),
+            format!("event is oversized ({size} bytes)"),
         ));
     }
     let mut payload = Vec::with_capacity(size);
@@ -201,16 +261,47 @@ fn prepare_event(
     })
 }
 
-fn log_oversized(event: &Event, size: usize, json: &[u8]) {
-    let snippet = String::from_utf8_lossy(&json[..json.len().min(OVERSIZED_SNIPPET_BYTES)]);
-    tracing::error!(
-        error = %format!("event {}/{} is oversized", event.feature, event.action),
-        eventID = %event.id,
-        eventSource = %SourceText(event.source.as_ref()),
+/// What the log shows of an oversized event: its identity, its size, and the start of its JSON
+/// rendered without its private metadata. The request metadata (which holds a licensed
+/// instance's license key) is never part of it. Takes the private metadata out of `event`.
+fn oversized_sample(event: &mut Event, size: usize) -> OversizedSample {
+    if let Some(parameters) = event.parameters.as_mut() {
+        parameters.private_metadata = None;
+    }
+    let mut json = Vec::new();
+    let snippet = match render_event(event, &mut json) {
+        Ok(()) => {
+            let mut end = json.len().min(OVERSIZED_SNIPPET_BYTES);
+            // Cut on a character boundary (UTF-8 continuation bytes are 0b10xx_xxxx).
+            while end < json.len() && end > 0 && (json[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+            String::from_utf8_lossy(&json[..end]).into_owned()
+        }
+        Err(err) => format!("<not renderable: {err}>"),
+    };
+    OversizedSample {
+        id: event.id.clone(),
+        feature: event.feature.clone(),
+        action: event.action.clone(),
         size,
-        eventSnippet = %snippet,
-        "discarding oversized event"
-    );
+        snippet,
+    }
+}
+
+/// The first oversized event of a payload (or the unary call's), as the log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OversizedSample {
+    /// The event's ID.
+    pub id: String,
+    /// The event's feature.
+    pub feature: String,
+    /// The event's action.
+    pub action: String,
+    /// The size of its message in bytes.
+    pub size: usize,
+    /// The start of its JSON, without private metadata.
+    pub snippet: String,
 }
 
 /// The Pub/Sub message attributes of an event (after legacy migration).
@@ -235,28 +326,6 @@ pub fn attributes(event: &Event, source: &Source) -> Attributes {
         }
     }
     attributes
-}
-
-/// The protobuf text form of an event's source, for logs (`server:{version:"x"} ...`).
-struct SourceText<'a>(Option<&'a EventSource>);
-
-impl fmt::Display for SourceText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(source) = self.0 else {
-            return Ok(());
-        };
-        if let Some(server) = &source.server {
-            write!(f, "server:{{version:{:?}}}", server.version)?;
-        }
-        if let Some(client) = &source.client {
-            write!(f, " client:{{name:{:?}", client.name)?;
-            if let Some(version) = &client.version {
-                write!(f, " version:{version:?}")?;
-            }
-            f.write_str("}")?;
-        }
-        Ok(())
-    }
 }
 
 /// The overall result of a payload, as the original labels it.
@@ -315,7 +384,8 @@ impl fmt::Display for EventFailure {
     }
 }
 
-/// An event acknowledged without being published.
+/// An event that will not be published: acknowledged without being published, or (when a later
+/// event with the same ID was published instead) acknowledged only through that event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DroppedEvent {
     /// The event's ID.
@@ -333,12 +403,15 @@ pub struct Summary {
     pub succeeded: Vec<String>,
     /// Events not acknowledged: the sender should retry them.
     pub failed: Vec<EventFailure>,
-    /// Events acknowledged without being published.
+    /// Events not published for good (acknowledged, unless superseded by a published event
+    /// with the same ID).
     pub dropped: Vec<DroppedEvent>,
     /// Events repeating an earlier ID of the payload.
     pub duplicates: usize,
     /// How many events the sender submitted.
     pub submitted: usize,
+    /// The first oversized event, for the log.
+    pub oversized: Option<OversizedSample>,
     /// The overall result.
     pub result: BatchResult,
 }
@@ -358,6 +431,7 @@ pub fn summarize(
         dropped: Vec::new(),
         duplicates: 0,
         submitted: payload.slots.len(),
+        oversized: payload.oversized,
         result: BatchResult::Success,
     };
     for slot in payload.slots {
@@ -373,6 +447,15 @@ pub fn summarize(
                     detail,
                 });
                 summary.succeeded.push(slot.id);
+                continue;
+            }
+            Disposition::Superseded(reason, detail) => {
+                // Acknowledged, if at all, through the later event with its ID.
+                summary.dropped.push(DroppedEvent {
+                    id: slot.id,
+                    reason,
+                    detail,
+                });
                 continue;
             }
             Disposition::Invalid(error) => (error, false, DropReason::Invalid),

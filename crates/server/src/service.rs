@@ -27,23 +27,16 @@ use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::metrics::Metrics;
+use crate::payload_log::{CANCELED, log_oversized, log_summary};
 use crate::pipeline::DropReason;
 use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
 use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 use crate::tracing_context::link_sender_trace;
 
-/// A stream taking longer than this is logged as slow, as the original does.
+/// A stream taking longer than this is logged as slow (a warning: a sender can hold a stream
+/// open at will, so it is not an error and never reaches Sentry).
 const SLOW_STREAM: Duration = Duration::from_secs(30);
-
-/// At most this many failures of one payload are logged (and reported to Sentry) one by one.
-const LOGGED_FAILURES: usize = 20;
-
-/// A publish slower than this is flagged in the payload's log line, as the original does.
-const SLOW_PUBLISH: Duration = Duration::from_secs(10);
-
-/// The error reported for events whose publish was abandoned because the sender went away.
-const CANCELED: &str = "context canceled: the sender went away";
 
 /// Everything a request needs: the sink, the credential checks, and the event policy.
 pub struct EventGateway {
@@ -259,7 +252,12 @@ impl EventGateway {
             }
             self.metrics
                 .payload_processed(&summary, source.publisher_source());
-            log_summary(&summary, source, started.elapsed(), was_canceled);
+            log_summary(
+                &summary,
+                source.publisher_source(),
+                started.elapsed(),
+                was_canceled,
+            );
             summary
         }
         .instrument(span)
@@ -381,9 +379,9 @@ impl EventGateway {
                 ?duration,
                 "request failed"
             ),
-            Ok(()) if duration > SLOW_STREAM => tracing::error!(
+            Ok(()) if duration > SLOW_STREAM => tracing::warn!(
                 source = publisher,
-                error = "slow request",
+                reason = "slow request",
                 events = total_events,
                 ?duration,
                 "request done"
@@ -449,13 +447,17 @@ impl EventGateway {
                 .record_event_processed(true, source.publisher_source());
             ServerError::InvalidEvent(reason)
         })?;
-        let Some(prepared) = prepared else {
-            // Deliberately dropped (oversized): reported as success, as the original does.
-            self.metrics
-                .event_dropped(DropReason::Oversized, source.publisher_source());
-            self.metrics
-                .record_event_processed(false, source.publisher_source());
-            return Ok(());
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(oversized) => {
+                // Deliberately dropped: reported as success, as the original does.
+                log_oversized(&oversized, 1, source.publisher_source());
+                self.metrics
+                    .event_dropped(DropReason::Oversized, source.publisher_source());
+                self.metrics
+                    .record_event_processed(false, source.publisher_source());
+                return Ok(());
+            }
         };
         let outcome = self.sink.publish(std::slice::from_ref(&prepared)).await;
         let failed = !matches!(outcome.first(), Some(PublishOutcome::Delivered));
@@ -479,88 +481,6 @@ impl EventGateway {
             )),
         }
     }
-}
-
-fn log_summary(summary: &Summary, source: &Source, duration: Duration, canceled: bool) {
-    let publisher = source.publisher_source();
-    for dropped in &summary.dropped {
-        tracing::info!(
-            source = publisher,
-            eventID = %dropped.id,
-            reason = dropped.reason.as_str(),
-            detail = %dropped.detail,
-            "dropped event"
-        );
-    }
-    if summary.submitted == 0 {
-        tracing::info!(source = publisher, "empty events payload");
-        return;
-    }
-    if summary.failed.is_empty() {
-        tracing::info!(
-            source = publisher,
-            result = summary.result.as_str(),
-            submitted = summary.submitted,
-            succeeded = summary.succeeded.len(),
-            failed = 0,
-            dropped = summary.dropped.len(),
-            duplicates = summary.duplicates,
-            ?duration,
-            "{}",
-            summary.result.message()
-        );
-        return;
-    }
-    if canceled {
-        // The original logs canceled publishes as plain strings, keeping them out of Sentry.
-        tracing::warn!(
-            source = publisher,
-            result = summary.result.as_str(),
-            submitted = summary.submitted,
-            succeeded = summary.succeeded.len(),
-            failed = summary.failed.len(),
-            ?duration,
-            reason = CANCELED,
-            "{}",
-            summary.result.message()
-        );
-        return;
-    }
-    // One line per failed event, carrying an `error` field: what Sentry receives.
-    for failure in summary.failed.iter().take(LOGGED_FAILURES) {
-        tracing::error!(
-            source = publisher,
-            eventID = %failure.id,
-            eventFeature = %failure.feature,
-            eventAction = %failure.action,
-            retryable = failure.retryable,
-            error = %failure.error,
-            "failed to publish event: feature:{:?} action:{:?} id:{:?}",
-            failure.feature,
-            failure.action,
-            failure.id
-        );
-    }
-    let failures: Vec<String> = summary
-        .failed
-        .iter()
-        .take(LOGGED_FAILURES)
-        .map(ToString::to_string)
-        .collect();
-    tracing::error!(
-        source = publisher,
-        result = summary.result.as_str(),
-        submitted = summary.submitted,
-        succeeded = summary.succeeded.len(),
-        failed = summary.failed.len(),
-        dropped = summary.dropped.len(),
-        duplicates = summary.duplicates,
-        ?duration,
-        publishDurationError = (duration > SLOW_PUBLISH).then_some("slow publish"),
-        failures = ?failures,
-        "{}",
-        summary.result.message()
-    );
 }
 
 /// The span of one RPC. A sender's W3C trace context is linked, never used as the parent: a

@@ -17,7 +17,7 @@ async fn gateway_with_secret(sink: Arc<RecordingSink>, secret: Option<&str>) -> 
     TestGateway::start_with(Setup {
         sink,
         options: ServerOptions {
-            diagnostics_secret: secret.map(String::from),
+            diagnostics_secret: secret.map(telemetry_gateway_server::Secret::from),
             version: "1.2.3-test".into(),
             ..ServerOptions::default()
         },

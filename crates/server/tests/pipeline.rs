@@ -259,3 +259,105 @@ fn a_missing_outcome_is_retryable_never_acknowledged() {
     assert_eq!(summary.failed.len(), 1);
     assert!(summary.failed[0].retryable);
 }
+
+/// An event that fails validation (no timestamp), with the given ID.
+fn invalid_event(id: &str) -> Event {
+    Event {
+        timestamp: None,
+        ..simple_event(id)
+    }
+}
+
+#[test]
+fn a_valid_event_after_an_invalid_one_with_its_id_is_published_and_acknowledged_once() {
+    let source = unlicensed();
+    let prepared = prepare_payload(
+        vec![
+            invalid_event("x"),
+            simple_event("y"),
+            simple_event("x"),
+            invalid_event("x"),
+        ],
+        &source,
+        &EventPolicy::default(),
+    );
+    let published: Vec<&str> = prepared.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(published, ["y", "x"]);
+    let summary = summarize(
+        prepared,
+        &[PublishOutcome::Delivered, PublishOutcome::Delivered],
+        &source,
+    );
+    assert_eq!(summary.succeeded, ["y", "x"]);
+    assert_eq!(summary.dropped.len(), 1, "{summary:?}");
+    assert_eq!(summary.duplicates, 1);
+}
+
+#[test]
+fn an_id_whose_published_event_failed_is_not_acknowledged_through_an_invalid_twin() {
+    let summary = summarize_with(
+        &unlicensed(),
+        vec![invalid_event("x"), simple_event("x")],
+        |_| PublishOutcome::Retryable("unavailable".into()),
+    );
+    assert!(summary.succeeded.is_empty(), "{summary:?}");
+    assert_eq!(summary.failed.len(), 1);
+    assert!(summary.failed[0].retryable);
+}
+
+#[test]
+fn repeated_invalid_events_with_one_id_are_acknowledged_once() {
+    let summary = summarize_with(
+        &unlicensed(),
+        vec![invalid_event("x"), invalid_event("x")],
+        |_| PublishOutcome::Delivered,
+    );
+    assert_eq!(summary.succeeded, ["x"]);
+    assert_eq!(summary.duplicates, 1);
+}
+
+#[test]
+fn an_event_refused_by_policy_does_not_hide_a_later_allowed_event_with_its_id() {
+    let keys = telemetry_gateway_testkit::license::LicenseKeyPair::shared();
+    let spec = telemetry_gateway_testkit::license::LicenseSpec {
+        tags: vec!["disable-telemetry-events-export".into()],
+        ..Default::default()
+    };
+    let key = keys.mint(
+        &spec,
+        telemetry_gateway_testkit::license::SignatureFormat::SshRsa,
+    );
+    let verifier = telemetry_gateway_auth::LicenseVerifier::from_openssh_public_key(
+        &keys.public_key_openssh(),
+    )
+    .expect("verifier");
+    let info = verifier.verify(&key).expect("the key verifies").info;
+    let source = Source::new(
+        SourceKind::LicensedInstance {
+            instance_id: "i".into(),
+            external_url: String::new(),
+            license: Box::new(info),
+        },
+        &telemetry_gateway_testkit::events::licensed_metadata(&key),
+    );
+    let policy = EventPolicy {
+        enforce_export_tags: true,
+        ..EventPolicy::default()
+    };
+    let refused = Event {
+        feature: "search".into(),
+        action: "viewed".into(),
+        ..simple_event("x")
+    };
+    let prepared = prepare_payload(vec![refused, simple_event("x")], &source, &policy);
+    assert_eq!(prepared.events.len(), 1, "the cody event is published");
+    let summary = summarize(
+        prepared,
+        &[PublishOutcome::Retryable("down".into())],
+        &source,
+    );
+    assert!(
+        summary.succeeded.is_empty(),
+        "the ID is not acknowledged while its allowed event is unpublished: {summary:?}"
+    );
+}
