@@ -1448,4 +1448,255 @@ mod tests {
         assert_eq!(frame.len(), HEADER_LEN + 1000);
         assert_eq!(&frame[..HEADER_LEN], &[0, 0, 0, 0x03, 0xe8]);
     }
+
+    mod model {
+        //! Model-based tests of the budget's accounting: random sequences of reserve (now or
+        //! waiting), merge, keep, partial and full release, and stream end, checked after every
+        //! step against the sum of the live reservations.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const LIMIT: usize = 1000;
+        const WAIT: Duration = Duration::from_millis(100);
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Take room now (as at a header or a complete message).
+            Take {
+                held: bool,
+                conn: usize,
+                bytes: usize,
+            },
+            /// Wait for room (as a blocked message does).
+            Wait {
+                held: bool,
+                conn: usize,
+                bytes: usize,
+            },
+            /// A payload is answered: its room goes back.
+            Release(usize),
+            /// A message has its held room: its receive room goes back.
+            ReleaseReceive(usize),
+            /// A stream's kept buffer joins its next message.
+            Merge(usize, usize),
+            /// A payload is answered and the stream keeps its receive buffer.
+            Keep(usize, usize),
+            /// Time passes.
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (any::<bool>(), 0..3usize, 0..400usize).prop_map(|(held, conn, bytes)| Op::Take {
+                    held,
+                    conn,
+                    bytes
+                }),
+                (any::<bool>(), 0..3usize, 1..400usize).prop_map(|(held, conn, bytes)| Op::Wait {
+                    held,
+                    conn,
+                    bytes
+                }),
+                any::<usize>().prop_map(Op::Release),
+                any::<usize>().prop_map(Op::ReleaseReceive),
+                (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Merge(a, b)),
+                (any::<usize>(), 0..300usize).prop_map(|(a, b)| Op::Keep(a, b)),
+                (0..150u64).prop_map(Op::Advance),
+            ]
+        }
+
+        type Waiter = tokio::task::JoinHandle<Result<Reservation, ()>>;
+
+        struct Model {
+            budget: InflightBudget,
+            /// Connection 2 stands for requests whose peer is unknown.
+            conns: Vec<Option<Arc<ConnectionShare>>>,
+            live: Vec<(usize, Reservation)>,
+            /// Waiting: the connection, since when, how many bytes, and the task.
+            waiters: Vec<(usize, Instant, usize, Waiter)>,
+        }
+
+        impl Model {
+            fn part(held: bool) -> Part {
+                if held { Part::Held } else { Part::Receive }
+            }
+
+            async fn collect(&mut self) {
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                let mut still = Vec::new();
+                for (conn, started, bytes, waiter) in std::mem::take(&mut self.waiters) {
+                    if waiter.is_finished() {
+                        match waiter.await.expect("waiter task") {
+                            Ok(reservation) => self.live.push((conn, reservation)),
+                            Err(()) => assert!(
+                                started.elapsed() >= WAIT,
+                                "a waiter is refused only after the wait"
+                            ),
+                        }
+                    } else {
+                        assert!(
+                            started.elapsed() <= WAIT,
+                            "every waiter is admitted or refused within the wait"
+                        );
+                        still.push((conn, started, bytes, waiter));
+                    }
+                }
+                self.waiters = still;
+            }
+
+            fn check(&self) {
+                // The semaphore hands a waiter the permits that free up, before it has all it
+                // asked for: those are in use, though no reservation holds them yet.
+                let live: usize = self.live.iter().map(|(_, r)| r.bytes()).sum();
+                let waiting: usize = self.waiters.iter().map(|(_, _, bytes, _)| bytes).sum();
+                let used = self.budget.used();
+                assert!(
+                    used >= live && used - live <= waiting,
+                    "used = sum of live reservations (+ part of what waiters asked for): \
+                     {used} vs {live} live, {waiting} waiting"
+                );
+                for part in [Part::Receive, Part::Held] {
+                    let in_part: usize = self.live.iter().map(|(_, r)| r.part_bytes(part)).sum();
+                    assert!(
+                        in_part <= self.budget.part_limit(part),
+                        "never above a part's limit"
+                    );
+                    for (index, conn) in self.conns.iter().enumerate() {
+                        let Some(conn) = conn else { continue };
+                        let held: usize = self
+                            .live
+                            .iter()
+                            .filter(|(c, _)| *c == index)
+                            .map(|(_, r)| r.part_bytes(part))
+                            .sum();
+                        assert_eq!(
+                            conn.used(part),
+                            held,
+                            "a connection's share is its reservations"
+                        );
+                    }
+                }
+            }
+
+            async fn apply(&mut self, op: Op) {
+                let pick = |len: usize, i: usize| (len > 0).then(|| i % len);
+                match op {
+                    Op::Take { held, conn, bytes } => {
+                        let part = Self::part(held);
+                        let share = self.conns[conn].clone();
+                        if self
+                            .budget
+                            .check_share(share.as_ref(), part, bytes, bytes)
+                            .is_ok()
+                            && let Some(reservation) =
+                                self.budget.try_take(part, bytes, share.as_ref())
+                        {
+                            self.live.push((conn, reservation));
+                        }
+                    }
+                    Op::Wait { held, conn, bytes } => {
+                        let part = Self::part(held);
+                        let share = self.conns[conn].clone();
+                        if self
+                            .budget
+                            .check_share(share.as_ref(), part, bytes, bytes)
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let budget = self.budget.clone();
+                        let waiter = tokio::spawn(async move {
+                            let mut waiting = None;
+                            std::future::poll_fn(|cx| {
+                                BudgetedBody::poll_wait(
+                                    &budget,
+                                    share.as_ref(),
+                                    &mut waiting,
+                                    part,
+                                    bytes,
+                                    cx,
+                                )
+                            })
+                            .await
+                            .map_err(|_| ())
+                        });
+                        self.waiters.push((conn, Instant::now(), bytes, waiter));
+                    }
+                    Op::Release(i) => {
+                        if let Some(i) = pick(self.live.len(), i) {
+                            self.live.swap_remove(i);
+                        }
+                    }
+                    Op::ReleaseReceive(i) => {
+                        if let Some(i) = pick(self.live.len(), i) {
+                            self.live[i].1.release(Part::Receive);
+                        }
+                    }
+                    Op::Merge(a, b) => {
+                        if let (Some(a), Some(b)) =
+                            (pick(self.live.len(), a), pick(self.live.len(), b))
+                            && a != b
+                            && self.live[a].0 == self.live[b].0
+                        {
+                            let (_, other) = self.live.swap_remove(a.max(b));
+                            self.live[a.min(b)].1.merge(other);
+                        }
+                    }
+                    Op::Keep(i, buffer) => {
+                        if let Some(i) = pick(self.live.len(), i) {
+                            let (conn, mut reservation) = self.live.swap_remove(i);
+                            reservation.buffer = buffer;
+                            let kept = reservation.keep_receive_buffer();
+                            drop(reservation);
+                            self.live.push((conn, kept));
+                        }
+                    }
+                    Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+                }
+                self.collect().await;
+                self.check();
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn the_budget_accounts_for_every_reservation(ops in prop::collection::vec(op(), 1..60)) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async {
+                    let budget = InflightBudget::new(LIMIT, WAIT);
+                    let conns = vec![
+                        budget.connection(Some(SocketAddr::from(([127, 0, 0, 1], 1)))),
+                        budget.connection(Some(SocketAddr::from(([127, 0, 0, 1], 2)))),
+                        None,
+                    ];
+                    let mut model = Model { budget, conns, live: Vec::new(), waiters: Vec::new() };
+                    for op in ops {
+                        model.apply(op).await;
+                    }
+                    // Every stream ends: whatever waits is admitted or refused, and then all
+                    // room is back.
+                    model.live.clear();
+                    tokio::time::advance(WAIT * 2).await;
+                    model.collect().await;
+                    assert!(model.waiters.is_empty(), "every waiter was admitted or refused");
+                    model.check();
+                    model.live.clear();
+                    assert_eq!(model.budget.used(), 0, "nothing is left after every stream ended");
+                    for conn in model.conns.iter().flatten() {
+                        assert_eq!((conn.used(Part::Receive), conn.used(Part::Held)), (0, 0));
+                    }
+                });
+            }
+        }
+    }
 }
