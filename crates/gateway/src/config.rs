@@ -59,6 +59,8 @@ pub struct Config {
     pub sams: SamsConfig,
     #[command(flatten)]
     pub rate_limit: RateLimitConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 
     /// Print "Sanity check passed, exiting without error" and exit 0 (a container smoke test).
     #[arg(long, env = "SANITY_CHECK", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set, help_heading = "Server")]
@@ -100,10 +102,11 @@ pub struct ServerConfig {
     #[arg(long, env = "ENVIRONMENT_ID", default_value = "unknown")]
     pub environment_id: String,
 
-    /// Memory budget: the most bytes of event payloads held across all streams at once (as
-    /// received, weighted for decoding and rendering). Above it, new payloads wait up to
-    /// `TELEMETRY_GATEWAY_INFLIGHT_WAIT`, then get `ResourceExhausted`. The default suits a
-    /// 512 MiB container; `0` turns the budget off.
+    /// Memory budget: the most bytes event payloads may take across all streams at once, each
+    /// charged what it costs once decoded and rendered (docs/security.md); a quarter of it is for
+    /// messages being received, the rest for payloads until they are answered. Above it, new
+    /// payloads wait up to `TELEMETRY_GATEWAY_INFLIGHT_WAIT`, then get `ResourceExhausted`. The
+    /// default suits a 512 MiB container; `0` turns the budget off (the sender limits still apply).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_inflight_bytes: usize,
 
@@ -345,6 +348,80 @@ pub struct LicenseConfig {
     /// events and acknowledge the rest without forwarding them.
     #[arg(long, env = "TELEMETRY_GATEWAY_LICENSE_ENFORCE_EXPORT_TAGS", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub enforce_export_tags: bool,
+}
+
+/// What one sender may send or hold; the defaults fit every real sender (docs/security.md says
+/// why each is what it is). A violation ends the stream with a status naming the setting.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sender limits")]
+pub struct LimitsConfig {
+    /// Most events in one payload (`ResourceExhausted` beyond; the instance exporter sends at
+    /// most 10,000 per export).
+    #[arg(
+        long,
+        env = "TELEMETRY_GATEWAY_MAX_EVENTS_PER_PAYLOAD",
+        default_value_t = 20_000
+    )]
+    pub max_events_per_payload: usize,
+
+    /// Most bytes of a stream's first message, the metadata (`ResourceExhausted` beyond; real
+    /// metadata is a few KB, and every event's published payload repeats it).
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_METADATA_BYTES", default_value_t = 64 * 1024)]
+    pub max_metadata_bytes: usize,
+
+    /// Most bytes of a license key, checked before it is parsed (`InvalidArgument` beyond).
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_LICENSE_KEY_BYTES", default_value_t = 16 * 1024)]
+    pub max_license_key_bytes: usize,
+
+    /// How long a `RecordEvents` stream may stay open (`DeadlineExceeded` after it, once the
+    /// payload in progress is answered), as the original's 2-minute HTTP timeouts.
+    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_LIFETIME", default_value = "2m", value_parser = parse_duration)]
+    pub stream_lifetime: std::time::Duration,
+
+    /// How long a stream may wait before sending its next message (`DeadlineExceeded`).
+    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stream_idle_timeout: std::time::Duration,
+
+    /// Slowest average rate, in bytes per second, at which an admitted message may arrive once
+    /// `TELEMETRY_GATEWAY_RECEIVE_GRACE` has passed (`DeadlineExceeded`, and its room is freed).
+    #[arg(long, env = "TELEMETRY_GATEWAY_MIN_RECEIVE_BYTES_PER_SECOND", default_value_t = 16 * 1024)]
+    pub min_receive_bytes_per_second: usize,
+
+    /// How long an admitted message may take to arrive before the minimum rate applies.
+    #[arg(long, env = "TELEMETRY_GATEWAY_RECEIVE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub receive_grace: std::time::Duration,
+
+    /// Most concurrent streams on one HTTP/2 connection (the HTTP/2 setting sent to clients).
+    #[arg(
+        long,
+        env = "TELEMETRY_GATEWAY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// Percentage (1–100) of each part of the memory budget that the streams of one connection
+    /// may hold together; a message costing more is refused, one that does not fit beside the
+    /// connection's others is refused with a retry hint.
+    #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub connection_share_percent: u8,
+}
+
+impl LimitsConfig {
+    /// The server's limits; compressed messages may decompress to `max_message_bytes`.
+    pub fn limits(&self, max_message_bytes: usize) -> telemetry_gateway_server::Limits {
+        telemetry_gateway_server::Limits {
+            max_events_per_payload: self.max_events_per_payload,
+            max_metadata_bytes: self.max_metadata_bytes,
+            max_license_key_bytes: self.max_license_key_bytes,
+            stream_lifetime: self.stream_lifetime,
+            idle_timeout: self.stream_idle_timeout,
+            min_receive_bytes_per_second: self.min_receive_bytes_per_second,
+            receive_grace: self.receive_grace,
+            max_streams_per_connection: self.max_streams_per_connection,
+            connection_share_percent: self.connection_share_percent,
+            max_decoded_message_bytes: max_message_bytes,
+        }
+    }
 }
 
 /// Optional per-sender rate limits, off by default.

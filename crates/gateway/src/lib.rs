@@ -121,6 +121,11 @@ pub async fn run(
     let budget = InflightBudget::new(
         config.server.max_inflight_bytes,
         config.server.inflight_wait,
+    )
+    .with_limits(
+        config
+            .limits
+            .limits(config.server.max_receive_message_bytes),
     );
     let mut gateway =
         EventGateway::new(sink.clone(), licenses, managed, policy).with_budget(budget);

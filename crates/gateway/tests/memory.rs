@@ -21,10 +21,9 @@ const SENDERS: usize = 64;
 const EVENTS_PER_PAYLOAD: usize = 500;
 /// 500 events of ~10 KB: a payload of about 5 MB.
 const EVENT_PADDING: usize = 10_000;
-/// Room for three payloads and a half: three are admitted, the rest refused.
+/// Room for three payloads and a half in the held part of the budget (three quarters of it):
+/// three are admitted, the rest refused.
 const PAYLOADS_IN_BUDGET: f64 = 3.5;
-/// How much of a received byte the budget reserves (`telemetry_gateway_server::budget::WEIGHT`).
-const WEIGHT: usize = 4;
 /// What the process may use beyond the budget: the runtime, TLS and HTTP/2 state, and at most
 /// one HTTP/2 flow-control window (1 MiB) of not-yet-admitted bytes per connection.
 const OVERHEAD_BYTES: usize = 48 * 1024 * 1024 + SENDERS * 1024 * 1024;
@@ -66,9 +65,15 @@ fn peak_rss_bytes(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_senders_of_five_mb_at_a_stalled_sink_stay_within_the_budget() {
     let wire = prost::Message::encoded_len(&events_message(payload(0)));
-    let cost = wire * WEIGHT;
-    let budget = (cost as f64 * PAYLOADS_IN_BUDGET) as usize;
-    let admitted = (budget / cost) as u64;
+    let mut metadata_json = Vec::new();
+    telemetry_gateway_proto::render_metadata(&unlicensed_metadata("sender-10"), &mut metadata_json);
+    let cost = telemetry_gateway_server::budget::request_cost(
+        &events_message(payload(0)),
+        metadata_json.len(),
+    )
+    .expect("a valid payload");
+    let budget = (cost as f64 * PAYLOADS_IN_BUDGET * 4.0 / 3.0) as usize;
+    let admitted = (budget * 3 / 4 / cost) as u64;
 
     let fake = FakeBigQuery::start().await;
     fake.set_delay(Duration::from_secs(600));

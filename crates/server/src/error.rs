@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
+use crate::limits::LimitViolation;
 use crate::managed::ManagedAuthError;
 
 /// A request-level failure of `RecordEvents` or `RecordEvent`.
@@ -55,6 +56,9 @@ pub enum ServerError {
         /// When the sender should try again.
         retry_after: Duration,
     },
+    /// The sender went past one of its limits (sizes, counts, times, its share of the budget).
+    #[error(transparent)]
+    Limit(#[from] LimitViolation),
     /// The sender exceeded its events-per-second limit.
     #[error(
         "rate limit of {limit} events per second exceeded for {sender}; retry in {}s",
@@ -88,6 +92,7 @@ impl ServerError {
             | ServerError::OverBudget { .. }
             | ServerError::RateLimited { .. } => Code::ResourceExhausted,
             ServerError::ShuttingDown => Code::Unavailable,
+            ServerError::Limit(violation) => violation.code(),
         }
     }
 }
@@ -98,6 +103,7 @@ impl ServerError {
         match self {
             ServerError::OverBudget { retry_after }
             | ServerError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ServerError::Limit(violation) => violation.retry_after(),
             _ => None,
         }
     }

@@ -22,6 +22,7 @@ pub mod budget;
 pub mod diagnostics;
 pub mod error;
 pub mod lifecycle;
+pub mod limits;
 pub mod managed;
 pub mod metrics;
 pub mod payload_log;
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod rate_limit;
 pub mod secret;
 pub mod service;
+pub mod skim;
 pub mod source;
 pub mod tracing_context;
 
@@ -36,6 +38,7 @@ pub use budget::InflightBudget;
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
 pub use lifecycle::Lifecycle;
+pub use limits::{LimitViolation, Limits};
 pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
 pub use metrics::Metrics;
 pub use pipeline::EventPolicy;
@@ -97,6 +100,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let lifecycle = gateway.lifecycle().clone();
     let budget = gateway.budget().clone();
+    let max_streams = budget.limits().max_streams_per_connection;
     let _budget_gauges = gateway.metrics().observe_budget(&budget);
     budget.count_refusals_in(gateway.metrics().clone());
     let routes = routes(gateway, &options).await?;
@@ -116,6 +120,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(budget::BudgetLayer::new(budget))
         .accept_http1(true)
+        .max_concurrent_streams(max_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_routes(routes)

@@ -114,7 +114,7 @@ impl Metrics {
             self.meter
                 .u64_observable_gauge("telemetry-gateway.inflight.used")
                 .with_description(
-                    "Bytes of event payloads held against the memory budget (weighted wire size)",
+                    "Bytes of event payloads held against the memory budget (decoded cost)",
                 )
                 .with_unit("By")
                 .with_callback(move |observer| observer.observe(used.used() as u64, &[]))

@@ -22,17 +22,23 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::budget::{InflightBudget, Reservation, StreamLedger};
+use crate::budget::{InflightBudget, StreamLedger};
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
+use crate::limits::LimitViolation;
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::metrics::Metrics;
 use crate::payload_log::{CANCELED, log_oversized, log_summary};
 use crate::pipeline::DropReason;
-use crate::pipeline::{EventPolicy, Summary, prepare_payload, prepare_single, summarize};
+use crate::pipeline::{
+    EventPolicy, PreparedPayload, Summary, prepare_payload, prepare_single, summarize,
+};
 use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 use crate::tracing_context::link_sender_trace;
+
+/// Payloads of this many events or more are prepared on the blocking pool.
+const PREPARE_INLINE_EVENTS: usize = 256;
 
 /// A stream taking longer than this is logged as slow (a warning: a sender can hold a stream
 /// open at will, so it is not an error and never reaches Sentry).
@@ -130,6 +136,13 @@ impl EventGateway {
             .and_then(|identifier| identifier.identifier.as_ref());
         let kind = match identifier {
             Some(Identifier::LicensedInstance(licensed)) => {
+                let max = self.budget.limits().max_license_key_bytes;
+                if licensed.license_key.len() > max {
+                    return Err(self.budget.violation(LimitViolation::LicenseKeyTooLong {
+                        len: licensed.license_key.len(),
+                        max,
+                    }));
+                }
                 let verified = self
                     .licenses
                     .verify(&licensed.license_key)
@@ -226,7 +239,7 @@ impl EventGateway {
         );
         async {
             let started = Instant::now();
-            let prepared = prepare_payload(events, source, &self.policy);
+            let prepared = self.prepare(events, source).await;
             for &size in &prepared.message_sizes {
                 self.metrics.message_rendered(size);
             }
@@ -264,6 +277,23 @@ impl EventGateway {
         .await
     }
 
+    /// Migrates, validates and renders a payload; a large one off the async workers, so that it
+    /// does not hold a worker (and the streams waiting on it) for long.
+    async fn prepare(&self, events: Vec<Event>, source: &Source) -> PreparedPayload {
+        if events.len() < PREPARE_INLINE_EVENTS {
+            return prepare_payload(events, source, &self.policy);
+        }
+        let (source, policy) = (source.clone(), self.policy);
+        match tokio::task::spawn_blocking(move || prepare_payload(events, &source, &policy)).await {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                // Nothing is acknowledged: the sender retries the payload.
+                tracing::error!(error = %err, "preparing a payload failed");
+                PreparedPayload::default()
+            }
+        }
+    }
+
     /// Handles one `RecordEvents` stream until the sender half-closes or an error ends it.
     /// `_work` keeps the stream counted as in progress until it ends, so a drain waits for it.
     async fn run_stream(
@@ -274,24 +304,25 @@ impl EventGateway {
         responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
         _work: ActiveWork,
     ) {
-        // Compressed messages reserve by their wire size; the decoded size is topped up.
-        let compressed = headers
-            .get("grpc-encoding")
-            .is_some_and(|encoding| encoding != "identity");
         let _open = self.metrics.stream_opened();
-        // Room for the receive buffer tonic keeps at its largest message's size until the
-        // stream ends.
-        let mut receive_buffer = Reservation::none();
         let started = Instant::now();
+        let lifetime = self.budget.limits().stream_lifetime;
+        let end_of_life = tokio::time::Instant::from_std(started) + lifetime;
         let mut source: Option<Source> = None;
         let mut total_events = 0usize;
         let outcome: Result<(), Status> = loop {
             // While draining, a payload being processed is finished and answered, but a stream
             // waiting for its next message is ended: nothing of it is unacknowledged-but-kept.
+            // A stream is cut at its lifetime, as the original's HTTP server did; a payload being
+            // processed is finished and answered first.
             let received = tokio::select! {
                 biased;
                 received = inbound.message() => received,
                 () = self.lifecycle.draining() => break Err(ServerError::ShuttingDown.into()),
+                () = tokio::time::sleep_until(end_of_life) => {
+                    let violation = LimitViolation::StreamLifetime(lifetime);
+                    break Err(self.budget.violation(violation).into());
+                }
             };
             let message = match received {
                 Ok(Some(message)) => message,
@@ -300,13 +331,6 @@ impl EventGateway {
             };
             // Held until this message is answered: its share of the memory budget.
             let mut reservation = ledger.take();
-            if compressed {
-                let decoded = prost::Message::encoded_len(&message);
-                reservation = match self.budget.grow(reservation, decoded).await {
-                    Ok(grown) => grown,
-                    Err(err) => break Err(err.into()),
-                };
-            }
             match message.payload {
                 None => continue,
                 Some(Payload::Metadata(metadata)) => {
@@ -323,6 +347,8 @@ impl EventGateway {
                         Ok(identified) => {
                             tracing::Span::current()
                                 .record("source", identified.publisher_source());
+                            // Every event's payload repeats it: part of a payload's cost.
+                            ledger.set_metadata_json_len(identified.metadata_json().len());
                             source = Some(identified);
                         }
                         Err(err) => {
@@ -345,9 +371,7 @@ impl EventGateway {
                     // The events are handed off or failed: their room is free (even if the
                     // sender is slow to read the response), but for the receive buffer the
                     // stream keeps while it is open.
-                    if let Some(kept) = reservation.keep_receive_buffer(&receive_buffer) {
-                        receive_buffer = kept;
-                    }
+                    ledger.keep_receive_buffer(&mut reservation);
                     drop(reservation);
                     let response = RecordEventsResponse {
                         succeeded_events: summary.succeeded,

@@ -7,10 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Setup, TestGateway};
-use telemetry_gateway_server::InflightBudget;
-use telemetry_gateway_server::budget::WEIGHT;
+use support::{Setup, TestGateway, framed, message_header, raw_call_stalling_after};
+use telemetry_gateway_server::budget::request_cost;
 use telemetry_gateway_server::error::RETRY_PUSHBACK_TRAILER;
+use telemetry_gateway_server::{InflightBudget, Limits};
 use telemetry_gateway_testkit::RecordingSink;
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
@@ -19,12 +19,40 @@ use tonic::Code;
 
 const EVENTS_PER_PAYLOAD: usize = 2_000;
 
+/// The rendered metadata of [`unlicensed_metadata`], repeated in every event's payload.
+fn metadata_json_len(instance: &str) -> usize {
+    let mut json = Vec::new();
+    telemetry_gateway_proto::render_metadata(&unlicensed_metadata(instance), &mut json);
+    json.len()
+}
+
+/// What a payload of [`EVENTS_PER_PAYLOAD`] events costs once decoded.
+fn payload_cost() -> usize {
+    request_cost(
+        &events_message(simple_events("first", EVENTS_PER_PAYLOAD)),
+        metadata_json_len("second"),
+    )
+    .expect("a valid message")
+}
+
+/// A budget whose held part (three quarters of it) has room for `payloads` payloads of
+/// [`EVENTS_PER_PAYLOAD`] events; one connection may hold all of it.
+fn budget_for(payloads: f64) -> InflightBudget {
+    InflightBudget::new(
+        (payload_cost() as f64 * payloads * 4.0 / 3.0) as usize,
+        Duration::from_millis(300),
+    )
+    .with_limits(Limits {
+        connection_share_percent: 100,
+        ..Limits::default()
+    })
+}
+
 /// A budget with room for one payload of [`EVENTS_PER_PAYLOAD`] events, not two.
 async fn gateway(sink: Arc<RecordingSink>) -> TestGateway {
-    let wire = prost::Message::encoded_len(&events_message(simple_events("x", EVENTS_PER_PAYLOAD)));
     TestGateway::start_with(Setup {
         sink,
-        budget: InflightBudget::new(wire * WEIGHT * 3 / 2, Duration::from_millis(300)),
+        budget: budget_for(1.5),
         ..Setup::default()
     })
     .await
@@ -134,83 +162,72 @@ async fn a_payload_beyond_the_budget_is_refused_with_a_retry_hint_and_never_publ
 }
 
 #[tokio::test]
-async fn a_payload_larger_than_the_whole_budget_is_admitted_alone() {
+async fn a_payload_costing_more_than_a_connection_may_hold_is_refused_naming_the_limit() {
     let sink = Arc::new(RecordingSink::new());
-    let gateway = gateway(sink.clone()).await;
+    // A connection may hold half of the held part: room for 1.5 payloads, not 5.
+    let budget = InflightBudget::new(payload_cost() * 4 / 3 * 3, Duration::from_millis(300));
+    let gateway = TestGateway::start_with(Setup {
+        sink: sink.clone(),
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
     let mut client = gateway.client().await;
-    // Five times the payload the budget is sized for.
-    let responses = telemetry_gateway_testkit::record_events(
+    let refused = telemetry_gateway_testkit::record_events(
         &mut client,
         vec![
             metadata_message(unlicensed_metadata("big")),
             events_message(simple_events("big", 5 * EVENTS_PER_PAYLOAD)),
-            events_message(simple_events("after", 10)),
         ],
     )
     .await
-    .expect("admitted");
-    assert_eq!(responses[0].succeeded_events.len(), 5 * EVENTS_PER_PAYLOAD);
-    assert_eq!(responses[1].succeeded_events.len(), 10);
+    .expect_err("more than a connection may hold");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT"),
+        "{}",
+        refused.message()
+    );
+    assert!(sink.published().is_empty());
+    assert_eq!(budget.used(), 0);
+    let responses = telemetry_gateway_testkit::record_events(
+        &mut client,
+        vec![
+            metadata_message(unlicensed_metadata("big")),
+            events_message(simple_events("normal", EVENTS_PER_PAYLOAD)),
+        ],
+    )
+    .await
+    .expect("a payload that fits");
+    assert_eq!(responses[0].succeeded_events.len(), EVENTS_PER_PAYLOAD);
 }
 
-/// Sends a raw gRPC request whose body is `first` and then nothing, leaving the request open;
-/// returns the response's `grpc-status` and `grpc-message` once the server ends it.
-async fn raw_call_stalling_after(
-    addr: std::net::SocketAddr,
-    path: &str,
-    first: Vec<u8>,
-) -> (String, String) {
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let (frames, receiver) = tokio::sync::mpsc::channel::<
-        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
-    >(1);
-    frames
-        .send(Ok(http_body::Frame::data(bytes::Bytes::from(first))))
-        .await
-        .expect("the body is open");
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let request = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body)
-        .expect("a valid request");
-    let response = client.request(request).await.expect("the server answers");
-    let (parts, body) = response.into_parts();
-    // A refusal before any message is a trailers-only response; otherwise it is in the trailers.
-    let header = |map: &http::HeaderMap, name: &str| {
-        map.get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    };
-    let (status, message) = match header(&parts.headers, "grpc-status") {
-        Some(status) => (
-            status,
-            header(&parts.headers, "grpc-message").unwrap_or_default(),
-        ),
-        None => {
-            let collected = body.collect().await.expect("the response body ends");
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            (
-                header(&trailers, "grpc-status").unwrap_or_default(),
-                header(&trailers, "grpc-message").unwrap_or_default(),
-            )
-        }
-    };
-    drop(frames);
-    (status, message)
-}
-
-/// A gRPC message header: uncompressed, `len` bytes follow.
-fn message_header(len: u32) -> Vec<u8> {
-    let mut header = vec![0u8];
-    header.extend_from_slice(&len.to_be_bytes());
-    header
+#[tokio::test]
+async fn a_stream_sends_payloads_as_large_as_it_may_one_after_the_other() {
+    // Each payload takes nearly all the held part, and the stream keeps tonic's receive buffer
+    // between them: the second is admitted all the same.
+    let budget = budget_for(1.05);
+    let gateway = TestGateway::start_with(Setup {
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let mut client = gateway.client().await;
+    let responses = telemetry_gateway_testkit::record_events(
+        &mut client,
+        vec![
+            metadata_message(unlicensed_metadata("first")),
+            events_message(simple_events("first", EVENTS_PER_PAYLOAD)),
+            events_message(simple_events("first", EVENTS_PER_PAYLOAD)),
+            events_message(simple_events("first", EVENTS_PER_PAYLOAD)),
+        ],
+    )
+    .await
+    .expect("every payload admitted in turn");
+    assert_eq!(responses.len(), 3);
+    assert_eq!(budget.used(), 0);
 }
 
 #[tokio::test]
@@ -222,9 +239,11 @@ async fn a_message_that_stops_arriving_ends_its_stream_and_frees_its_room() {
         ..Setup::default()
     })
     .await;
-    // A header declaring 8 MiB (reserving 32 MiB), a few bytes, then silence.
-    let mut first = message_header(8 * 1024 * 1024);
-    first.extend_from_slice(&[0u8; 16]);
+    // The metadata, then a header declaring 8 MiB, a few bytes, and silence.
+    let mut first = framed(&metadata_message(unlicensed_metadata("stalling")));
+    first.extend(message_header(8 * 1024 * 1024));
+    // An unknown varint field, eight times: valid so far.
+    first.extend_from_slice(&[0x78, 0x01].repeat(8));
     let (status, message) = raw_call_stalling_after(
         gateway.addr,
         "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents",
@@ -232,6 +251,10 @@ async fn a_message_that_stops_arriving_ends_its_stream_and_frees_its_room() {
     )
     .await;
     assert_eq!(status, "4", "DeadlineExceeded: {message}");
+    assert!(
+        message.contains("TELEMETRY_GATEWAY_MIN_RECEIVE_BYTES_PER_SECOND"),
+        "{message}"
+    );
     assert_eq!(budget.used(), 0, "the stalled message's room is returned");
 }
 
@@ -250,7 +273,10 @@ async fn a_first_message_too_large_for_metadata_is_refused_without_reserving() {
     )
     .await;
     assert_eq!(status, "8", "ResourceExhausted: {message}");
-    assert!(message.contains("first%20message"), "{message}");
+    assert!(
+        message.contains("TELEMETRY_GATEWAY_MAX_METADATA_BYTES"),
+        "{message}"
+    );
     assert_eq!(budget.used(), 0);
 }
 
@@ -258,8 +284,15 @@ async fn a_first_message_too_large_for_metadata_is_refused_without_reserving() {
 async fn compressed_payloads_reserve_their_decoded_size_and_are_answered() {
     let events = simple_events("gz", EVENTS_PER_PAYLOAD);
     let decoded = prost::Message::encoded_len(&events_message(events.clone()));
-    // Room for the decoded payload once, and far more than its compressed wire size.
-    let budget = InflightBudget::new(decoded * WEIGHT * 3 / 2, Duration::from_millis(300));
+    // The decoded payload's cost and its decompressed copy: room for it once, not twice.
+    let cost = request_cost(&events_message(events.clone()), metadata_json_len("gz"))
+        .expect("a valid message")
+        + decoded;
+    let budget =
+        InflightBudget::new(cost * 3 / 2 * 4 / 3, Duration::from_millis(300)).with_limits(Limits {
+            connection_share_percent: 100,
+            ..Limits::default()
+        });
     let sink = Arc::new(RecordingSink::new());
     let gateway = TestGateway::start_with(Setup {
         sink: sink.clone(),

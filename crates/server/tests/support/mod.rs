@@ -147,3 +147,71 @@ impl Drop for TestGateway {
 pub fn payload_json(event: &telemetry_gateway_sink::PreparedEvent) -> serde_json::Value {
     serde_json::from_slice(&event.payload).expect("published payloads are JSON")
 }
+
+/// Sends a raw gRPC request whose body is `first` and then nothing, leaving the request open;
+/// returns the response's `grpc-status` and `grpc-message` once the server ends it.
+pub async fn raw_call_stalling_after(
+    addr: std::net::SocketAddr,
+    path: &str,
+    first: Vec<u8>,
+) -> (String, String) {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (frames, receiver) = tokio::sync::mpsc::channel::<
+        Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    frames
+        .send(Ok(http_body::Frame::data(bytes::Bytes::from(first))))
+        .await
+        .expect("the body is open");
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("a valid request");
+    let response = client.request(request).await.expect("the server answers");
+    let (parts, body) = response.into_parts();
+    // A refusal before any message is a trailers-only response; otherwise it is in the trailers.
+    let header = |map: &http::HeaderMap, name: &str| {
+        map.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let (status, message) = match header(&parts.headers, "grpc-status") {
+        Some(status) => (
+            status,
+            header(&parts.headers, "grpc-message").unwrap_or_default(),
+        ),
+        None => {
+            let collected = body.collect().await.expect("the response body ends");
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (
+                header(&trailers, "grpc-status").unwrap_or_default(),
+                header(&trailers, "grpc-message").unwrap_or_default(),
+            )
+        }
+    };
+    drop(frames);
+    (status, message)
+}
+
+/// A gRPC message header: uncompressed, `len` bytes follow.
+pub fn message_header(len: u32) -> Vec<u8> {
+    let mut header = vec![0u8];
+    header.extend_from_slice(&len.to_be_bytes());
+    header
+}
+
+/// A framed gRPC message: uncompressed.
+pub fn framed(message: &impl prost::Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    let mut framed = message_header(u32::try_from(bytes.len()).expect("a small message"));
+    framed.extend(bytes);
+    framed
+}

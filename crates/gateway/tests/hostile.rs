@@ -1,0 +1,702 @@
+//! Hostile senders against the real binary (default file sink, a 64 MiB budget): one test per
+//! attack of docs/security.md. Each asserts that the attack is refused or cut short with a status
+//! naming the limit, that the process's peak RSS (VmHWM) stays within the budget plus a stated
+//! overhead, that the process is alive, and that a normal sender's payloads are acknowledged
+//! during the attack and after it. Each prints a `hostile:` line with the figures.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Frame;
+use prost::Message;
+use telemetry_gateway_proto::v1::{Event, RecordEventsRequest};
+use telemetry_gateway_testkit::client::{events_message, metadata_message};
+use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
+use telemetry_gateway_testkit::http::get;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use support::GatewayProcess;
+
+const MIB: usize = 1024 * 1024;
+const BUDGET: usize = 64 * MIB;
+/// What the process may use beyond the budget: the runtime and its threads, the HTTP/2 state and
+/// flow-control windows of the attackers' connections, decoder state, allocator slack.
+const OVERHEAD: usize = 64 * MIB;
+/// How long each attack runs.
+const ATTACK: Duration = Duration::from_secs(4);
+
+fn start() -> GatewayProcess {
+    let budget = BUDGET.to_string();
+    GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", &budget),
+        ("TELEMETRY_GATEWAY_INFLIGHT_WAIT", "1s"),
+        ("TELEMETRY_GATEWAY_RECEIVE_GRACE", "2s"),
+        ("TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT", "2s"),
+        ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", "1s"),
+    ])
+}
+
+/// The peak resident set size of `pid`, from /proc.
+fn peak_rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("a VmHWM line");
+    let kib: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in kB");
+    kib * 1024
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+/// Sends one normal payload (100 events) on a fresh connection; returns how long it took.
+async fn normal_send(addr: SocketAddr, round: usize) -> Duration {
+    let started = Instant::now();
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let prefix = format!("normal-{round}");
+    let responses = telemetry_gateway_testkit::record_events(
+        &mut client,
+        vec![
+            metadata_message(unlicensed_metadata("normal")),
+            events_message(simple_events(&prefix, 100)),
+        ],
+    )
+    .await
+    .expect("a normal sender is served during and after the attack");
+    assert_eq!(responses[0].succeeded_events.len(), 100);
+    started.elapsed()
+}
+
+/// Runs `attackers` copies of `attack` in a loop for [`ATTACK`] while a normal sender sends a
+/// payload every 200 ms, then checks memory, liveness, readiness if asked, and a normal payload
+/// after the attack. `attack` gets the address and the attacker's number, and asserts how its
+/// attempt ended.
+async fn under_attack<F, Fut>(name: &str, attackers: usize, ready_stays_200: bool, attack: F)
+where
+    F: Fn(SocketAddr, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut gateway = start();
+    let addr = gateway.address();
+    let baseline = peak_rss(gateway.pid());
+    let until = Instant::now() + ATTACK;
+    let mut tasks = Vec::new();
+    for attacker in 0..attackers {
+        let attack = attack.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rounds = 0;
+            while Instant::now() < until {
+                attack(addr, attacker).await;
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waits = Vec::new();
+    let mut round = 0;
+    while Instant::now() < until {
+        waits.push(normal_send(addr, round).await);
+        round += 1;
+        if ready_stays_200 {
+            let ready = get(addr, "/-/ready", None).await.expect("served");
+            assert_eq!(ready.status, 200, "{name}: {}", ready.body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rounds = 0;
+    for task in tasks {
+        rounds += task
+            .await
+            .expect("the attacker asserts how its attempt ended");
+    }
+    normal_send(addr, 10_000).await;
+    let peak = peak_rss(gateway.pid());
+    let max_wait = waits.iter().max().copied().unwrap_or_default();
+    println!(
+        "hostile: {name}: {rounds} attempts by {attackers}; baseline RSS {:.1} MiB, peak {:.1} MiB \
+         (limit {:.1}); normal sender: {} payloads, longest wait {} ms",
+        mib(baseline),
+        mib(peak),
+        mib(BUDGET + OVERHEAD),
+        waits.len(),
+        max_wait.as_millis()
+    );
+    assert!(
+        peak <= BUDGET + OVERHEAD,
+        "{name}: peak RSS {:.1} MiB exceeds the budget plus overhead {:.1} MiB",
+        mib(peak),
+        mib(BUDGET + OVERHEAD)
+    );
+    assert!(
+        gateway.wait_exit(Duration::ZERO).is_none(),
+        "{name}: the gateway died"
+    );
+    gateway.terminate();
+}
+
+/// Sends `messages` on one stream and returns how it ended.
+async fn send_expecting_error(
+    addr: SocketAddr,
+    messages: Vec<RecordEventsRequest>,
+) -> tonic::Status {
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    match telemetry_gateway_testkit::record_events(&mut client, messages).await {
+        Ok(responses) => panic!("the attack was acknowledged: {responses:?}"),
+        Err(status) => status,
+    }
+}
+
+fn assert_refused(status: &tonic::Status, code: Code, setting: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(setting), "{status:?}");
+}
+
+/// A framed, uncompressed gRPC message.
+fn framed(message: &impl Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    framed.extend(bytes);
+    framed
+}
+
+/// A `RecordEvents` call whose request body the test writes frame by frame.
+struct RawStream {
+    frames: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    ended: tokio::task::JoinHandle<(String, String)>,
+}
+
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>,
+>;
+
+/// An HTTP/2 client: one connection, shared by its streams.
+fn raw_client() -> RawClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+impl RawStream {
+    async fn open(client: &RawClient, addr: SocketAddr, encoding: Option<&str>) -> RawStream {
+        use http_body_util::BodyExt;
+        let (frames, receiver) = mpsc::channel(4);
+        let mut request = http::Request::post(format!(
+            "http://{addr}/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+        if let Some(encoding) = encoding {
+            request = request.header("grpc-encoding", encoding);
+        }
+        let request = request
+            .body(http_body_util::StreamBody::new(ReceiverStream::new(
+                receiver,
+            )))
+            .expect("a valid request");
+        let client = client.clone();
+        let ended = tokio::spawn(async move {
+            let response = client.request(request).await.expect("the server answers");
+            let (parts, body) = response.into_parts();
+            let header = |map: &http::HeaderMap, name: &str| {
+                map.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+                    .unwrap_or_default()
+            };
+            if parts.headers.contains_key("grpc-status") {
+                return (
+                    header(&parts.headers, "grpc-status"),
+                    header(&parts.headers, "grpc-message"),
+                );
+            }
+            let collected = body.collect().await.expect("the response ends");
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (
+                header(&trailers, "grpc-status"),
+                header(&trailers, "grpc-message"),
+            )
+        });
+        RawStream { frames, ended }
+    }
+
+    /// Sends `bytes`; false once the server stopped reading.
+    async fn send(&self, bytes: Vec<u8>) -> bool {
+        self.frames
+            .send(Ok(Frame::data(Bytes::from(bytes))))
+            .await
+            .is_ok()
+    }
+
+    /// How the server ended the call: its `grpc-status` and `grpc-message`.
+    async fn ended(self) -> (String, String) {
+        let RawStream { frames, ended } = self;
+        let result = ended.await.expect("the call task");
+        drop(frames);
+        result
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_million_empty_events_in_one_mb_are_refused() {
+    under_attack(
+        "1 MB of 500,000 empty events",
+        2,
+        false,
+        |addr, i| async move {
+            let status = send_expecting_error(
+                addr,
+                vec![
+                    metadata_message(unlicensed_metadata(&format!("attacker-{i}"))),
+                    events_message(vec![Event::default(); 500_000]),
+                ],
+            )
+            .await;
+            assert_refused(
+                &status,
+                Code::ResourceExhausted,
+                "TELEMETRY_GATEWAY_MAX_EVENTS_PER_PAYLOAD",
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mb_of_empty_events_gzip_compressed_are_refused() {
+    // Compressed once: ~20 KB on the wire.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder
+        .write_all(&events_message(vec![Event::default(); 2_000_000]).encode_to_vec())
+        .expect("in memory");
+    let compressed = encoder.finish().expect("in memory");
+    let metadata = framed(&metadata_message(unlicensed_metadata("attacker")));
+    under_attack("4 MB of empty events, gzip", 2, false, move |addr, _| {
+        let (metadata, compressed) = (metadata.clone(), compressed.clone());
+        async move {
+            let client = raw_client();
+            let stream = RawStream::open(&client, addr, Some("gzip")).await;
+            stream.send(metadata).await;
+            let mut message = vec![1u8];
+            message.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+            message.extend(compressed);
+            stream.send(message).await;
+            let (status, message) = stream.ended().await;
+            assert_eq!(status, "8", "ResourceExhausted: {message}");
+            assert!(message.contains("MAX_EVENTS_PER_PAYLOAD"), "{message}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_external_url_in_the_metadata_is_refused() {
+    under_attack(
+        "1 MB external_url then 2,000 tiny events",
+        2,
+        false,
+        |addr, i| async move {
+            let mut metadata = unlicensed_metadata(&format!("attacker-{i}"));
+            if let Some(telemetry_gateway_proto::v1::identifier::Identifier::UnlicensedInstance(
+                unlicensed,
+            )) = metadata
+                .identifier
+                .as_mut()
+                .and_then(|identifier| identifier.identifier.as_mut())
+            {
+                unlicensed.external_url = "x".repeat(MIB);
+            }
+            let status = send_expecting_error(
+                addr,
+                vec![
+                    metadata_message(metadata),
+                    events_message(simple_events("tiny", 2_000)),
+                ],
+            )
+            .await;
+            assert_refused(
+                &status,
+                Code::ResourceExhausted,
+                "TELEMETRY_GATEWAY_MAX_METADATA_BYTES",
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_just_under_its_limit_is_charged_for_every_event() {
+    under_attack(
+        "60 KB external_url then 2,000 tiny events",
+        2,
+        false,
+        |addr, i| async move {
+            let mut metadata = unlicensed_metadata(&format!("attacker-{i}"));
+            if let Some(telemetry_gateway_proto::v1::identifier::Identifier::UnlicensedInstance(
+                unlicensed,
+            )) = metadata
+                .identifier
+                .as_mut()
+                .and_then(|identifier| identifier.identifier.as_mut())
+            {
+                unlicensed.external_url = "x".repeat(60 * 1024);
+            }
+            // 2,000 × 60 KB of rendered metadata: more than a connection may hold.
+            let status = send_expecting_error(
+                addr,
+                vec![
+                    metadata_message(metadata),
+                    events_message(simple_events("tiny", 2_000)),
+                ],
+            )
+            .await;
+            assert_refused(
+                &status,
+                Code::ResourceExhausted,
+                "TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT",
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_large_message_trickled_a_byte_at_a_time_is_cut_and_freed() {
+    let metadata = framed(&metadata_message(unlicensed_metadata("trickler")));
+    // Three streams on one connection: one is admitted (6 MiB of the 16 MiB receive part, within
+    // the connection's half of it), the others are refused for the connection's share, and the
+    // admitted one is cut once it falls behind the minimum rate; /-/ready stays 200.
+    under_attack(
+        "6 MiB declared, 1 byte every 500 ms",
+        1,
+        true,
+        move |addr, _| {
+            let metadata = metadata.clone();
+            async move {
+                let client = raw_client();
+                let mut streams = Vec::new();
+                for _ in 0..3 {
+                    let stream = RawStream::open(&client, addr, None).await;
+                    stream.send(metadata.clone()).await;
+                    let mut header = vec![0u8];
+                    header.extend_from_slice(&(6 * MIB as u32).to_be_bytes());
+                    stream.send(header).await;
+                    streams.push(stream);
+                }
+                for _ in 0..12 {
+                    for stream in &streams {
+                        // An unknown varint field's tag and value, a byte at a time.
+                        stream.send(vec![0x78]).await;
+                        stream.send(vec![0x01]).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let mut statuses = Vec::new();
+                for stream in streams {
+                    statuses.push(stream.ended().await);
+                }
+                assert!(
+                    statuses
+                        .iter()
+                        .any(|(status, m)| status == "4"
+                            && m.contains("MIN_RECEIVE_BYTES_PER_SECOND")),
+                    "{statuses:?}"
+                );
+                assert!(
+                    statuses
+                        .iter()
+                        .all(|(status, _)| status == "4" || status == "8"),
+                    "{statuses:?}"
+                );
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_sixty_mib_message_is_refused_at_its_header() {
+    let metadata = framed(&metadata_message(unlicensed_metadata("declarer")));
+    under_attack("60 MiB declared", 2, true, move |addr, _| {
+        let metadata = metadata.clone();
+        async move {
+            let client = raw_client();
+            let stream = RawStream::open(&client, addr, None).await;
+            stream.send(metadata).await;
+            let mut header = vec![0u8];
+            header.extend_from_slice(&(60 * MIB as u32).to_be_bytes());
+            stream.send(header).await;
+            let (status, message) = stream.ended().await;
+            assert_eq!(status, "8", "ResourceExhausted: {message}");
+            assert!(message.contains("CONNECTION_SHARE_PERCENT"), "{message}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_with_large_metadata_are_refused_or_closed() {
+    under_attack(
+        "20 idle streams with 4-8 MB / 60 KB metadata",
+        1,
+        false,
+        |addr, _| async move {
+            let mut client = telemetry_gateway_testkit::connect(addr)
+                .await
+                .expect("connect");
+            let mut calls = Vec::new();
+            let mut senders = Vec::new();
+            for i in 0..20 {
+                let mut metadata = unlicensed_metadata(&format!("idle-{i}"));
+                metadata.request_id = "r".repeat(if i % 2 == 0 { 4 * MIB } else { 60 * 1024 });
+                let (sender, receiver) = mpsc::channel(1);
+                sender.send(metadata_message(metadata)).await.expect("open");
+                senders.push(sender);
+                let mut client = client.clone();
+                calls.push(tokio::spawn(async move {
+                    match client.record_events(ReceiverStream::new(receiver)).await {
+                        Err(status) => status,
+                        Ok(response) => {
+                            let mut inbound = response.into_inner();
+                            loop {
+                                match inbound.message().await {
+                                    Ok(Some(_)) => continue,
+                                    Ok(None) => panic!("an idle stream ended without an error"),
+                                    Err(status) => break status,
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+            let _ = &mut client;
+            for (i, call) in calls.into_iter().enumerate() {
+                let status = call.await.expect("call task");
+                if i % 2 == 0 {
+                    assert_refused(
+                        &status,
+                        Code::ResourceExhausted,
+                        "TELEMETRY_GATEWAY_MAX_METADATA_BYTES",
+                    );
+                } else {
+                    assert_refused(
+                        &status,
+                        Code::DeadlineExceeded,
+                        "TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT",
+                    );
+                }
+            }
+            drop(senders);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_license_key_is_refused_before_it_is_parsed() {
+    under_attack(
+        "12 MB / 20 KB license key",
+        2,
+        false,
+        |addr, i| async move {
+            let key_len = if i == 0 { 12 * MIB } else { 20 * 1024 };
+            let metadata =
+                telemetry_gateway_testkit::events::licensed_metadata(&"k".repeat(key_len));
+            let status = send_expecting_error(addr, vec![metadata_message(metadata)]).await;
+            if i == 0 {
+                assert_refused(
+                    &status,
+                    Code::ResourceExhausted,
+                    "TELEMETRY_GATEWAY_MAX_METADATA_BYTES",
+                );
+            } else {
+                assert_refused(
+                    &status,
+                    Code::InvalidArgument,
+                    "TELEMETRY_GATEWAY_MAX_LICENSE_KEY_BYTES",
+                );
+            }
+        },
+    )
+    .await;
+}
+
+/// `count` valid events carrying about `size` bytes of private metadata each.
+fn padded_events(prefix: &str, count: usize, size: usize) -> Vec<Event> {
+    simple_events(prefix, count)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut event)| {
+            let padding: String = (0..size)
+                .map(|j| char::from(b'a' + ((i * 7 + j * 13) % 26) as u8))
+                .collect();
+            event
+                .parameters
+                .get_or_insert_with(Default::default)
+                .private_metadata = Some(prost_types::Struct {
+                fields: [(
+                    "context".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(padding)),
+                    },
+                )]
+                .into(),
+            });
+            event
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_large_payloads_on_one_stream_are_both_acknowledged() {
+    // 5 MB payloads whose cost is most of what one connection may hold (24 MiB).
+    under_attack(
+        "two 5 MB payloads on one stream",
+        1,
+        false,
+        |addr, i| async move {
+            let mut client = telemetry_gateway_testkit::connect(addr)
+                .await
+                .expect("connect");
+            let responses = telemetry_gateway_testkit::record_events(
+                &mut client,
+                vec![
+                    metadata_message(unlicensed_metadata(&format!("large-{i}"))),
+                    events_message(padded_events("a", 500, 10_000)),
+                    events_message(padded_events("b", 500, 10_000)),
+                ],
+            )
+            .await
+            .expect("both payloads are admitted in turn");
+            assert_eq!(responses.len(), 2);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mb_payloads_do_not_hold_up_other_senders() {
+    under_attack(
+        "4 MB payloads of 2,000 events",
+        2,
+        false,
+        |addr, i| async move {
+            let mut client = telemetry_gateway_testkit::connect(addr)
+                .await
+                .expect("connect");
+            let responses = telemetry_gateway_testkit::record_events(
+                &mut client,
+                vec![
+                    metadata_message(unlicensed_metadata(&format!("cpu-{i}"))),
+                    events_message(padded_events("cpu", 2_000, 2_000)),
+                ],
+            )
+            .await;
+            // Admitted and acknowledged, or refused for room while the other attacker's is held.
+            match responses {
+                Ok(responses) => assert_eq!(responses[0].succeeded_events.len(), 2_000),
+                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ninety_mib_gzip_bomb_is_refused_without_decompressing_it_into_memory() {
+    // One event whose ID is 90 MiB of one letter: about 90 KB compressed.
+    let bomb = events_message(vec![Event {
+        id: "a".repeat(90 * MIB),
+        ..Event::default()
+    }])
+    .encode_to_vec();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&bomb).expect("in memory");
+    drop(bomb);
+    let compressed = encoder.finish().expect("in memory");
+    let metadata = framed(&metadata_message(unlicensed_metadata("bomber")));
+    under_attack("90 MiB gzip bomb", 2, false, move |addr, _| {
+        let (metadata, compressed) = (metadata.clone(), compressed.clone());
+        async move {
+            let client = raw_client();
+            let stream = RawStream::open(&client, addr, Some("gzip")).await;
+            stream.send(metadata).await;
+            let mut message = vec![1u8];
+            message.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+            message.extend(compressed);
+            stream.send(message).await;
+            let (status, message) = stream.ended().await;
+            assert_eq!(status, "8", "ResourceExhausted: {message}");
+            assert!(
+                message.contains("GRPC_MAX_RECEIVE_MESSAGE_BYTES")
+                    || message.contains("CONNECTION_SHARE_PERCENT"),
+                "{message}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_on_one_connection_are_bounded() {
+    under_attack(
+        "1,000 streams on one connection",
+        1,
+        false,
+        |addr, _| async move {
+            let client = telemetry_gateway_testkit::connect(addr)
+                .await
+                .expect("connect");
+            let mut calls = Vec::new();
+            for i in 0..1_000 {
+                let mut client = client.clone();
+                calls.push(tokio::spawn(async move {
+                    let (sender, receiver) = mpsc::channel(1);
+                    sender
+                        .send(metadata_message(unlicensed_metadata(&format!("many-{i}"))))
+                        .await
+                        .expect("open");
+                    let result = match client.record_events(ReceiverStream::new(receiver)).await {
+                        Err(status) => Err(status),
+                        Ok(response) => {
+                            let mut inbound = response.into_inner();
+                            inbound.message().await.map(|_| ())
+                        }
+                    };
+                    drop(sender);
+                    result
+                }));
+            }
+            let mut idle = 0;
+            for call in calls {
+                if let Err(status) = call.await.expect("call task")
+                    && status.code() == Code::DeadlineExceeded
+                {
+                    idle += 1;
+                }
+            }
+            assert!(idle > 0, "the idle streams were closed by the gateway");
+        },
+    )
+    .await;
+}

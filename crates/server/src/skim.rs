@@ -1,0 +1,448 @@
+//! A streaming skim of a protobuf message's structure, to price a message before it is decoded.
+//!
+//! The skimmer walks the wire format byte by byte as chunks arrive, without allocating per field:
+//! it follows the fields that are messages (from the protocol's descriptors) and skips the
+//! others. It counts the events (`telemetrygateway.v1.Event`) and every nested message (a
+//! `Struct`, a `Value`, a map entry, …), which is what decoding and rendering cost beyond the
+//! wire bytes themselves; see the cost model in docs/security.md.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use prost_reflect::Kind;
+use telemetry_gateway_proto::DESCRIPTOR_POOL;
+
+/// The deepest nesting accepted: prost's own recursion limit, so nothing the skim accepts is
+/// refused by the decoder for depth.
+pub const MAX_DEPTH: usize = 100;
+
+/// The message types the skim knows, by index, with the fields that are messages.
+#[derive(Debug)]
+struct Table {
+    kinds: Vec<KindInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+#[derive(Debug, Default)]
+struct KindInfo {
+    /// Field number → the index of the field's message type.
+    message_fields: HashMap<u32, usize>,
+    /// Whether this is `telemetrygateway.v1.Event`.
+    is_event: bool,
+}
+
+/// The event message's full name.
+const EVENT: &str = "telemetrygateway.v1.Event";
+
+static TABLE: LazyLock<Table> = LazyLock::new(|| {
+    let mut table = Table {
+        kinds: Vec::new(),
+        by_name: HashMap::new(),
+    };
+    for message in DESCRIPTOR_POOL.all_messages() {
+        let index = table.kinds.len();
+        table.by_name.insert(message.full_name().to_string(), index);
+        table.kinds.push(KindInfo {
+            message_fields: HashMap::new(),
+            is_event: message.full_name() == EVENT,
+        });
+    }
+    for message in DESCRIPTOR_POOL.all_messages() {
+        let index = table.by_name[message.full_name()];
+        for field in message.fields() {
+            if let Kind::Message(child) = field.kind()
+                && let Some(&child) = table.by_name.get(child.full_name())
+            {
+                table.kinds[index]
+                    .message_fields
+                    .insert(field.number(), child);
+            }
+        }
+    }
+    table
+});
+
+/// Which message a skim starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// `RecordEventsRequest` (the stream's messages).
+    RecordEventsRequest,
+    /// `RecordEventRequest` (the unary call).
+    RecordEventRequest,
+}
+
+impl Root {
+    fn index(self) -> usize {
+        let name = match self {
+            Root::RecordEventsRequest => "telemetrygateway.v1.RecordEventsRequest",
+            Root::RecordEventRequest => "telemetrygateway.v1.RecordEventRequest",
+        };
+        TABLE.by_name.get(name).copied().unwrap_or(usize::MAX)
+    }
+}
+
+/// Why a message cannot be skimmed (and so would not decode either), or is refused for its
+/// shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkimError {
+    /// Not valid protobuf for the expected message.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// More events than allowed.
+    #[error("more than {0} events")]
+    TooManyEvents(usize),
+}
+
+/// What a skimmed message holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Events in it.
+    pub events: usize,
+    /// Nested messages in it, events included.
+    pub messages: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: usize,
+    end: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Reading a field's tag.
+    Tag { value: u64, shift: u32 },
+    /// Skipping a varint value.
+    Varint,
+    /// Reading a length-delimited field's length.
+    Length { field: u32, value: u64, shift: u32 },
+    /// Skipping this many bytes.
+    Skip(u64),
+}
+
+const TAG: State = State::Tag { value: 0, shift: 0 };
+
+/// A streaming skim of one message of `len` bytes.
+#[derive(Debug)]
+pub struct Skim {
+    stack: Vec<Frame>,
+    pos: u64,
+    len: u64,
+    state: State,
+    shape: Shape,
+    max_events: usize,
+}
+
+impl Skim {
+    /// Skims a message of type `root` of `len` bytes (unknown while a compressed message is
+    /// decompressed), refusing it past `max_events` events.
+    pub fn new(root: Root, len: Option<usize>, max_events: usize) -> Skim {
+        let len = len.map_or(u64::MAX, |len| len as u64);
+        Skim {
+            stack: vec![Frame {
+                kind: root.index(),
+                end: len,
+            }],
+            pos: 0,
+            len,
+            state: TAG,
+            shape: Shape::default(),
+            max_events,
+        }
+    }
+
+    /// What has been seen so far.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Feeds the next bytes of the message.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), SkimError> {
+        if self.pos + data.len() as u64 > self.len {
+            return Err(SkimError::Malformed("more bytes than the message length"));
+        }
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Skip(remaining) => {
+                    let take = (*remaining).min(data.len() as u64);
+                    *remaining -= take;
+                    self.pos += take;
+                    data = &data[take as usize..];
+                    if *remaining == 0 {
+                        self.state = TAG;
+                        self.pop_finished()?;
+                    }
+                }
+                State::Varint => {
+                    let byte = data[0];
+                    data = &data[1..];
+                    self.pos += 1;
+                    if byte & 0x80 == 0 {
+                        self.state = TAG;
+                        self.pop_finished()?;
+                    }
+                }
+                State::Tag { value, shift } => {
+                    let byte = data[0];
+                    data = &data[1..];
+                    self.pos += 1;
+                    let Some(tag) = varint_step(value, shift, byte)? else {
+                        continue;
+                    };
+                    let field = u32::try_from(tag >> 3)
+                        .map_err(|_| SkimError::Malformed("field number out of range"))?;
+                    if field == 0 {
+                        return Err(SkimError::Malformed("field number 0"));
+                    }
+                    self.state = match tag & 7 {
+                        0 => State::Varint,
+                        1 => State::Skip(8),
+                        5 => State::Skip(4),
+                        2 => State::Length {
+                            field,
+                            value: 0,
+                            shift: 0,
+                        },
+                        _ => return Err(SkimError::Malformed("unsupported wire type")),
+                    };
+                }
+                State::Length {
+                    field,
+                    value,
+                    shift,
+                } => {
+                    let field = *field;
+                    let byte = data[0];
+                    data = &data[1..];
+                    self.pos += 1;
+                    let Some(len) = varint_step(value, shift, byte)? else {
+                        continue;
+                    };
+                    self.start_field(field, len)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the message ended after `len` bytes, at a field boundary, and returns its
+    /// shape.
+    pub fn finish(&self, len: usize) -> Result<Shape, SkimError> {
+        if self.pos != len as u64 || !matches!(self.state, State::Tag { shift: 0, .. }) {
+            return Err(SkimError::Malformed("truncated field"));
+        }
+        if self.stack.len() > 1 && self.stack.iter().skip(1).any(|frame| frame.end != self.pos) {
+            return Err(SkimError::Malformed("truncated nested message"));
+        }
+        Ok(self.shape)
+    }
+
+    /// A length-delimited field of `len` bytes starts here.
+    fn start_field(&mut self, field: u32, len: u64) -> Result<(), SkimError> {
+        let parent = *self
+            .stack
+            .last()
+            .ok_or(SkimError::Malformed("no message"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= parent.end)
+            .ok_or(SkimError::Malformed("a field runs past its message"))?;
+        let child = TABLE
+            .kinds
+            .get(parent.kind)
+            .and_then(|kind| kind.message_fields.get(&field))
+            .copied();
+        let Some(child) = child else {
+            self.state = if len == 0 { TAG } else { State::Skip(len) };
+            if len == 0 {
+                self.pop_finished()?;
+            }
+            return Ok(());
+        };
+        self.shape.messages += 1;
+        if TABLE.kinds[child].is_event {
+            self.shape.events += 1;
+            if self.shape.events > self.max_events {
+                return Err(SkimError::TooManyEvents(self.max_events));
+            }
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(SkimError::Malformed("messages nested too deeply"));
+        }
+        self.stack.push(Frame { kind: child, end });
+        self.state = TAG;
+        self.pop_finished()
+    }
+
+    /// Leaves every nested message that ends here.
+    fn pop_finished(&mut self) -> Result<(), SkimError> {
+        while self.stack.len() > 1 {
+            let top = self.stack[self.stack.len() - 1];
+            if self.pos < top.end {
+                break;
+            }
+            if self.pos > top.end {
+                return Err(SkimError::Malformed("a field runs past its message"));
+            }
+            self.stack.pop();
+        }
+        Ok(())
+    }
+}
+
+/// Adds `byte` to a varint being read; `Some(value)` once it is complete.
+fn varint_step(value: &mut u64, shift: &mut u32, byte: u8) -> Result<Option<u64>, SkimError> {
+    if *shift >= 64 {
+        return Err(SkimError::Malformed("varint too long"));
+    }
+    *value |= u64::from(byte & 0x7f) << *shift;
+    *shift += 7;
+    Ok((byte & 0x80 == 0).then_some(*value))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use telemetry_gateway_proto::v1::record_events_request::Payload;
+    use telemetry_gateway_proto::v1::{
+        Event, EventParameters, RecordEventsRequest, RecordEventsRequestMetadata,
+        record_events_request::EventsPayload,
+    };
+
+    use super::*;
+
+    fn events_request(events: Vec<Event>) -> Vec<u8> {
+        RecordEventsRequest {
+            payload: Some(Payload::Events(EventsPayload { events })),
+        }
+        .encode_to_vec()
+    }
+
+    fn skim_in_chunks(bytes: &[u8], chunk: usize, max: usize) -> Result<Shape, SkimError> {
+        let mut skim = Skim::new(Root::RecordEventsRequest, Some(bytes.len()), max);
+        for piece in bytes.chunks(chunk.max(1)) {
+            skim.feed(piece)?;
+        }
+        skim.finish(bytes.len())
+    }
+
+    fn struct_with(fields: usize, depth: usize) -> prost_types::Struct {
+        let mut inner = prost_types::Struct {
+            fields: (0..fields)
+                .map(|i| {
+                    (
+                        format!("k{i}"),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue("v".into())),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        for _ in 0..depth {
+            inner = prost_types::Struct {
+                fields: [(
+                    "n".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StructValue(inner)),
+                    },
+                )]
+                .into(),
+            };
+        }
+        inner
+    }
+
+    #[test]
+    fn counts_events_and_nested_messages_across_any_chunking() {
+        let mut events = vec![Event::default(); 3];
+        events[1].id = "x".repeat(300);
+        events[2].parameters = Some(EventParameters {
+            private_metadata: Some(struct_with(4, 2)),
+            ..Default::default()
+        });
+        let bytes = events_request(events);
+        // payload + 3 events + parameters + (2 levels × (struct, entry, value)) + inner struct
+        // + 4 × (entry, value)
+        let expected = Shape {
+            events: 3,
+            messages: 1 + 3 + 1 + 1 + 2 * 3 + 4 * 2,
+        };
+        for chunk in [1, 2, 3, 7, 64, bytes.len()] {
+            assert_eq!(
+                skim_in_chunks(&bytes, chunk, 10),
+                Ok(expected),
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_events_are_counted_and_refused_past_the_limit() {
+        let bytes = events_request(vec![Event::default(); 1000]);
+        assert_eq!(
+            skim_in_chunks(&bytes, 100, 1000).map(|s| s.events),
+            Ok(1000)
+        );
+        assert_eq!(
+            skim_in_chunks(&bytes, 100, 999),
+            Err(SkimError::TooManyEvents(999))
+        );
+    }
+
+    #[test]
+    fn metadata_and_unknown_fields_are_skipped() {
+        let mut bytes = RecordEventsRequest {
+            payload: Some(Payload::Metadata(RecordEventsRequestMetadata {
+                request_id: "r".repeat(1000),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        // An unknown varint field and an unknown fixed64 field.
+        bytes.extend([0x78, 0x96, 0x01, 0x81, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            skim_in_chunks(&bytes, 5, 10),
+            Ok(Shape {
+                events: 0,
+                messages: 1
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_and_overrunning_messages_are_malformed() {
+        let bytes = events_request(vec![Event {
+            id: "abc".into(),
+            ..Default::default()
+        }]);
+        let mut skim = Skim::new(Root::RecordEventsRequest, Some(bytes.len() + 1), 10);
+        skim.feed(&bytes).expect("a prefix is fine");
+        assert!(matches!(
+            skim.finish(bytes.len() + 1),
+            Err(SkimError::Malformed(_))
+        ));
+        let mut short = Skim::new(Root::RecordEventsRequest, Some(bytes.len() - 1), 10);
+        assert!(short.feed(&bytes).is_err());
+        // A nested length that runs past its parent.
+        let mut lying = bytes.clone();
+        lying[3] = 100;
+        assert!(skim_in_chunks(&lying, 4, 10).is_err());
+    }
+
+    #[test]
+    fn nesting_deeper_than_prost_accepts_is_refused() {
+        let deep = events_request(vec![Event {
+            parameters: Some(EventParameters {
+                private_metadata: Some(struct_with(0, 60)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            skim_in_chunks(&deep, 1000, 10),
+            Err(SkimError::Malformed(_))
+        ));
+    }
+}
