@@ -187,11 +187,13 @@ impl StorageWriter {
                     break;
                 }
                 Answer::RowErrors(refused) => {
+                    // One line per request: the rows are reported per event by the server.
+                    let first = refused.values().next().cloned().unwrap_or_default();
+                    tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = refused.len(), error = %first, "BigQuery rejected rows of an append");
                     let mut rest = Vec::new();
                     for (position, index) in indices.into_iter().enumerate() {
                         match refused.get(&position) {
                             Some(reason) => {
-                                tracing::warn!(sink = NAME, event_id = %events[index].id, error = %reason, "BigQuery rejected the row");
                                 results.push((index, PublishOutcome::Permanent(reason.clone())));
                             }
                             None => rest.push(index),
@@ -205,12 +207,14 @@ impl StorageWriter {
                         break;
                     }
                     // Rows are encoded again rather than kept: row errors are rare, copies are not.
-                    rows = rest
-                        .iter()
-                        .filter_map(|&i| storage_rows::row(&events[i], ingested_at).ok())
-                        .map(|row| row.encode_to_vec())
-                        .collect();
-                    indices = rest;
+                    // (They encoded before, so they do again; the pairs stay aligned regardless.)
+                    (indices, rows) = rest
+                        .into_iter()
+                        .filter_map(|i| {
+                            let row = storage_rows::row(&events[i], ingested_at).ok()?;
+                            Some((i, row.encode_to_vec()))
+                        })
+                        .unzip();
                 }
             }
         }
