@@ -16,9 +16,13 @@ use serde_json::{Value, json};
 /// What to measure.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Sink behind the gateway: discard, file or log.
+    /// Sink behind the gateway: discard, file, log (or bigquery/pubsub with `--gateway-env`).
     #[arg(long, default_value = "discard")]
     sink: String,
+    /// Extra environment for the gateway, `KEY=VALUE`, repeatable: for example the BigQuery
+    /// table and emulator endpoints of `--sink bigquery` (docs/performance.md).
+    #[arg(long = "gateway-env", value_name = "KEY=VALUE")]
+    gateway_env: Vec<String>,
     /// Concurrent streams.
     #[arg(long, default_value_t = 8)]
     streams: usize,
@@ -199,7 +203,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(bins: &Binaries, sink: &str, license: Option<&License>) -> Result<Gateway> {
+    fn start(bins: &Binaries, args: &BenchArgs, license: Option<&License>) -> Result<Gateway> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))?;
@@ -209,7 +213,7 @@ impl Gateway {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
             .env("TELEMETRY_GATEWAY_LISTEN_ADDRESS", "127.0.0.1")
-            .env("TELEMETRY_GATEWAY_EVENTS_SINKS", sink)
+            .env("TELEMETRY_GATEWAY_EVENTS_SINKS", &args.sink)
             .env(
                 "TELEMETRY_GATEWAY_EVENTS_FILE_DIR",
                 dir.path().join("events"),
@@ -219,6 +223,12 @@ impl Gateway {
             .stderr(log);
         if let Some(license) = license {
             command.env("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", &license.public_key);
+        }
+        for pair in &args.gateway_env {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--gateway-env {pair:?} is not KEY=VALUE"))?;
+            command.env(key, value);
         }
         let child = command.spawn().context("starting the gateway")?;
         let gateway = Gateway {
@@ -300,7 +310,7 @@ fn measure(
     scenario: &Scenario,
     license: Option<&License>,
 ) -> Result<Value> {
-    let gateway = Gateway::start(bins, &args.sink, license)?;
+    let gateway = Gateway::start(bins, args, license)?;
     let cpu_before = gateway.cpu_seconds()?;
     let mut command = pinned(&bins.loadgen, 1);
     command.args([
@@ -343,7 +353,7 @@ fn measure(
 }
 
 fn idle(bins: &Binaries, args: &BenchArgs, streams: usize) -> Result<()> {
-    let gateway = Gateway::start(bins, &args.sink, None)?;
+    let gateway = Gateway::start(bins, args, None)?;
     std::thread::sleep(Duration::from_millis(300));
     let before = gateway.memory_kib("VmRSS:")?;
     let mut child = pinned(&bins.loadgen, 1)

@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use telemetry_gateway_server::{RateLimit, Secret};
 use telemetry_gateway_sink::BigQuerySinkConfig;
+use telemetry_gateway_sink::bigquery::WriteApi;
 use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
 
 mod environment;
@@ -283,17 +284,37 @@ pub struct EventsConfig {
     )]
     pub bigquery_table_id: Option<String>,
 
+    /// The BigQuery API rows are written with: `storage` (the Storage Write API, table's default
+    /// stream; billed by actual bytes) or `insert_all` (the legacy streaming API; billed per row
+    /// with a 1 KB minimum). See docs/sinks.md for the costs of each.
+    #[arg(
+        long = "events-bigquery-write-api",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API",
+        value_enum,
+        default_value_t = BigQueryWriteApi::Storage
+    )]
+    pub bigquery_write_api: BigQueryWriteApi,
+
     /// BigQuery v2 base URL replacing Google's (for emulators and tests, e.g.
     /// `http://127.0.0.1:9050/bigquery/v2`); a fake access token is sent to it. Unset: Google's
-    /// endpoint with application default credentials.
+    /// endpoint with application default credentials. Used by `insert_all`.
     #[arg(
         long = "events-bigquery-endpoint",
         env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT"
     )]
     pub bigquery_endpoint: Option<String>,
 
-    /// How long one BigQuery insertAll request (or health check) may take before its events
-    /// count as not delivered (retryable), in seconds.
+    /// BigQuery Storage Write API gRPC URL replacing Google's (for emulators and tests, e.g.
+    /// `http://127.0.0.1:9060`); a fake access token is sent to it. Unset: Google's endpoint
+    /// with application default credentials. Used by `storage`.
+    #[arg(
+        long = "events-bigquery-storage-endpoint",
+        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT"
+    )]
+    pub bigquery_storage_endpoint: Option<String>,
+
+    /// How long one BigQuery request (insertAll or AppendRows, or a health check) may take
+    /// before its events count as not delivered (retryable), in seconds.
     #[arg(
         long = "events-bigquery-request-timeout-seconds",
         env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
@@ -320,6 +341,16 @@ pub enum SinkKind {
     Pubsub,
     /// One row per event in a BigQuery table (`TELEMETRY_GATEWAY_EVENTS_BIGQUERY_*`).
     Bigquery,
+}
+
+/// The BigQuery API the `bigquery` sink writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BigQueryWriteApi {
+    /// The Storage Write API (default stream).
+    Storage,
+    /// The legacy streaming API, `tabledata.insertAll`.
+    #[value(name = "insert_all")]
+    InsertAll,
 }
 
 /// How license keys are checked.
@@ -755,10 +786,26 @@ impl EventsConfig {
         let mut config = BigQuerySinkConfig::new(project, dataset, table);
         config.request_timeout =
             std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
-        config.endpoint = self
-            .bigquery_endpoint
-            .clone()
-            .filter(|endpoint| !endpoint.trim().is_empty());
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        config.endpoint = set(&self.bigquery_endpoint);
+        config.storage_endpoint = set(&self.bigquery_storage_endpoint);
+        config.write_api = match self.bigquery_write_api {
+            BigQueryWriteApi::Storage => {
+                if config.endpoint.is_some() && config.storage_endpoint.is_none() {
+                    // An emulator for one API and Google's real endpoint for the other would
+                    // send test rows to production.
+                    return Err(ConfigError::Invalid {
+                        setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+                        message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
+                                  TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
+                                  or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
+                            .into(),
+                    });
+                }
+                WriteApi::Storage
+            }
+            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
+        };
         Ok(config)
     }
 }

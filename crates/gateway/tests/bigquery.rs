@@ -1,6 +1,6 @@
-//! The real `telemetry-gateway` binary with the BigQuery sink: against bqemulator (rows queried
-//! back), and against a fake insertAll endpoint together with the file sink (acknowledged only
-//! when both accepted).
+//! The real `telemetry-gateway` binary with the BigQuery sink, in both write modes (the Storage
+//! Write API, the default, and insertAll): against bqemulator (rows queried back), and against
+//! fake endpoints together with the file sink (acknowledged only when both accepted).
 
 mod support;
 
@@ -13,6 +13,7 @@ use telemetry_gateway_testkit::bigquery_emulator::BigQueryEmulator;
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{rich_event, simple_events, unlicensed_metadata};
 use telemetry_gateway_testkit::fake_bigquery::{FakeBigQuery, InsertReply};
+use telemetry_gateway_testkit::fake_bigquery_write::{AppendReply, FakeBigQueryWrite};
 use telemetry_gateway_testkit::json::normalized_numbers;
 
 use support::{GatewayProcess, run_to_completion};
@@ -56,7 +57,17 @@ fn file_sink_payloads(gateway: &GatewayProcess) -> BTreeMap<String, Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each() {
+async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each_with_the_storage_write_api()
+ {
+    acknowledged_events_are_rows_of_the_emulator_table_once_each("storage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each_with_insert_all() {
+    acknowledged_events_are_rows_of_the_emulator_table_once_each("insert_all").await;
+}
+
+async fn acknowledged_events_are_rows_of_the_emulator_table_once_each(write_api: &str) {
     let emulator = BigQueryEmulator::start().await;
     emulator
         .create_events_table("test-project", "telemetry", "events")
@@ -65,6 +76,7 @@ async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each()
     // File and BigQuery together: the file sink's lines are exactly what was published.
     let mut gateway = GatewayProcess::start(&[
         ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", write_api),
         (
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
             "test-project",
@@ -74,6 +86,10 @@ async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each()
         (
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
             &emulator.v2_base_url(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+            &emulator.storage_url(),
         ),
     ]);
     let addr = gateway.address();
@@ -147,6 +163,10 @@ fn fake_env(fake: &FakeBigQuery) -> Vec<(&'static str, String)> {
     vec![
         ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery".into()),
         (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API",
+            "insert_all".into(),
+        ),
+        (
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
             "proj".into(),
         ),
@@ -176,7 +196,7 @@ async fn with_file_and_bigquery_an_event_is_acknowledged_only_when_both_accepted
     let mut gateway = GatewayProcess::start(&as_refs(&env));
     let addr = gateway.address();
     let destination = gateway.wait_for(
-        "events go to all of: NDJSON files under ./data/events (rotated at 128 MiB); BigQuery table proj.telemetry.events",
+        "events go to all of: NDJSON files under ./data/events (rotated at 128 MiB); BigQuery table proj.telemetry.events (insertAll)",
     );
     assert_eq!(destination["sink"], "fanout");
 
@@ -227,6 +247,97 @@ async fn with_file_and_bigquery_an_event_is_acknowledged_only_when_both_accepted
     assert_eq!(acknowledged[0], ids(&retried));
 }
 
+fn fake_storage_env(fake: &FakeBigQueryWrite) -> Vec<(&'static str, String)> {
+    vec![
+        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery".into()),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            "proj".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
+            "telemetry".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+            "events".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+            fake.url(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_storage_write_api_an_event_is_acknowledged_only_when_bigquery_committed_it() {
+    let fake = FakeBigQueryWrite::start().await;
+    let env = fake_storage_env(&fake);
+    let mut gateway = GatewayProcess::start(&as_refs(&env));
+    let addr = gateway.address();
+    gateway.wait_for(
+        "events go to all of: NDJSON files under ./data/events (rotated at 128 MiB); BigQuery table proj.telemetry.events (Storage Write API)",
+    );
+
+    let accepted = simple_events("ok", 5);
+    let refused = simple_events("unavailable", 4);
+    let partly = simple_events("part", 4);
+    fake.push_replies([
+        AppendReply::Committed,
+        AppendReply::error(tonic::Code::Unavailable, "backend unavailable"),
+        // Row 2 refused: nothing of the request committed, the other rows sent again.
+        AppendReply::row_errors(&[2]),
+    ]);
+    let metadata = unlicensed_metadata("instance-storage");
+    let acknowledged = send(
+        addr,
+        &metadata,
+        &[accepted.clone(), refused.clone(), partly.clone()],
+    )
+    .await;
+
+    assert_eq!(acknowledged[0], ids(&accepted), "both sinks accepted");
+    assert!(
+        acknowledged[1].is_empty(),
+        "BigQuery refused the request: nothing acknowledged although the file sink wrote it"
+    );
+    // A refused row is permanent: an instance gets it acknowledged (and it is dropped) so it
+    // stops retrying; the other rows went in on the second request.
+    assert_eq!(acknowledged[2], ids(&partly));
+    let committed: Vec<String> = fake
+        .stored_rows()
+        .iter()
+        .filter_map(|row| row["event_id"].as_str().map(str::to_string))
+        .collect();
+    let mut expected = ids(&accepted);
+    expected.extend(["part-0", "part-1", "part-3"].map(String::from));
+    assert_eq!(committed, expected);
+
+    // The sender retries what was not acknowledged; now BigQuery takes it.
+    let acknowledged = send(addr, &metadata, std::slice::from_ref(&refused)).await;
+    assert_eq!(acknowledged[0], ids(&refused));
+}
+
+#[tokio::test]
+async fn healthz_reports_a_missing_bigquery_table_with_the_storage_write_api() {
+    let fake = FakeBigQueryWrite::start().await;
+    fake.set_table_missing(true);
+    let env = fake_storage_env(&fake);
+    let mut gateway = GatewayProcess::start(&as_refs(&env));
+    let addr = gateway.address();
+
+    let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", None)
+        .await
+        .expect("served");
+
+    assert_eq!(health.status, 500);
+    assert!(
+        health.body.contains("bigquery") && health.body.contains("proj.telemetry.events"),
+        "{}",
+        health.body
+    );
+}
+
 #[tokio::test]
 async fn healthz_reports_a_missing_bigquery_table() {
     let fake = FakeBigQuery::start().await;
@@ -249,15 +360,20 @@ async fn healthz_reports_a_missing_bigquery_table() {
 
 #[tokio::test]
 async fn a_bigquery_table_id_alone_selects_the_bigquery_sink_instead_of_the_file_default() {
-    let fake = FakeBigQuery::start().await;
-    let endpoint = fake.v2_base_url();
+    let fake = FakeBigQueryWrite::start().await;
+    let endpoint = fake.url();
     let mut gateway = GatewayProcess::start(&[
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID", "proj"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT", &endpoint),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+            &endpoint,
+        ),
     ]);
-    let line = gateway.wait_for("events go to BigQuery table proj.telemetry.events");
+    // The Storage Write API is the default mode.
+    let line =
+        gateway.wait_for("events go to BigQuery table proj.telemetry.events (Storage Write API)");
     assert_eq!(line["sink"], "bigquery");
     assert!(!gateway.dir().join("data").exists(), "no file sink");
 }
@@ -288,6 +404,27 @@ fn the_bigquery_sink_without_its_table_settings_fails_at_start_naming_the_variab
                 ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
             ],
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+        ),
+        (
+            // An emulator for insertAll but Google's real Storage Write API: refused.
+            &[
+                ("TELEMETRY_GATEWAY_EVENTS_SINKS", "bigquery"),
+                ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID", "proj"),
+                ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
+                ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
+                (
+                    "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
+                    "http://127.0.0.1:9/bigquery/v2",
+                ),
+            ],
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+        ),
+        (
+            &[
+                ("TELEMETRY_GATEWAY_EVENTS_SINKS", "bigquery"),
+                ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "streaming"),
+            ],
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API",
         ),
     ];
     for (env, expected) in cases {

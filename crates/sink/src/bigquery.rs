@@ -1,14 +1,19 @@
-//! The BigQuery sink: one row per event through the streaming `tabledata.insertAll` API, with
-//! the event ID as `insertId` (BigQuery's best-effort de-duplication key).
+//! The BigQuery sink: one row per event, written with the Storage Write API (the default:
+//! protobuf rows appended to the table's default stream, see `storage`) or the legacy streaming
+//! `tabledata.insertAll` API (with the event ID as `insertId`, BigQuery's best-effort
+//! de-duplication key).
 //!
-//! A batch is cut into requests within insertAll's limits (500 rows, 10 MB), sent concurrently
-//! but never more than a fixed number at once per sink, each bounded by a timeout. BigQuery's
-//! answer is mapped row by row (see `outcomes`): only rows BigQuery confirms as inserted are
-//! delivered. The table's schema is `deploy/bigquery/events.schema.json`; design notes are in
-//! `docs/sinks.md`.
+//! Either way a batch is cut into requests within the API's limits (rows, 10 MB), sent
+//! concurrently but never more than a fixed number at once per sink, each bounded by a timeout.
+//! BigQuery's answer is mapped row by row (see `outcomes` and `storage_outcomes`): only rows
+//! BigQuery confirms as stored are delivered. The table's schema is
+//! `deploy/bigquery/events.schema.json`; design notes are in `docs/sinks.md`.
 
 mod outcomes;
 mod rows;
+mod storage;
+mod storage_outcomes;
+mod storage_rows;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,15 +28,28 @@ use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAl
 use tokio::sync::Semaphore;
 
 pub use self::rows::{MAX_REQUEST_BYTES, MAX_ROWS_PER_REQUEST};
+pub use self::storage::GOOGLE_STORAGE_ENDPOINT;
+pub use self::storage_rows::{APPEND_REQUEST_HEADROOM, MAX_APPEND_REQUEST_BYTES};
 use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
 
 const NAME: &str = "bigquery";
 
-/// How long one insertAll request (or the health check) may take before it counts as failed.
+/// How long one request (or the health check) may take before it counts as failed.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How many insertAll requests one sink keeps in flight at most, across all streams.
+/// How many requests one sink keeps in flight at most, across all streams (with the Storage
+/// Write API, also how many AppendRows connections it opens at most).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Which BigQuery API rows are written with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteApi {
+    /// The Storage Write API, default stream: billed by actual bytes, Google's recommendation.
+    #[default]
+    Storage,
+    /// The legacy streaming API, `tabledata.insertAll`: billed per row with a 1 KB minimum.
+    InsertAll,
+}
 
 /// Where the BigQuery sink writes and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,15 +60,21 @@ pub struct BigQuerySinkConfig {
     pub dataset_id: String,
     /// The table rows are inserted into.
     pub table_id: String,
+    /// Which API rows are written with.
+    pub write_api: WriteApi,
     /// A BigQuery v2 base URL (`http://127.0.0.1:9050/bigquery/v2`) for emulators and tests; it
     /// is sent a fake access token. `None`: Google's endpoint with application default
-    /// credentials.
+    /// credentials. Used by insertAll only.
     pub endpoint: Option<String>,
-    /// How long one insertAll request may take.
+    /// A Storage Write API gRPC URL (`http://127.0.0.1:9060`) for emulators and tests; it is
+    /// sent a fake access token. `None`: [`GOOGLE_STORAGE_ENDPOINT`] with application default
+    /// credentials. Used by the Storage Write API only.
+    pub storage_endpoint: Option<String>,
+    /// How long one request (insertAll or AppendRows) may take.
     pub request_timeout: Duration,
-    /// How many insertAll requests may be in flight at once.
+    /// How many requests may be in flight at once.
     pub max_concurrent_requests: usize,
-    /// Rows per insertAll request (at most [`MAX_ROWS_PER_REQUEST`] is sensible).
+    /// Rows per request (at most [`MAX_ROWS_PER_REQUEST`] is sensible for insertAll).
     pub max_rows_per_request: usize,
 }
 
@@ -65,7 +89,9 @@ impl BigQuerySinkConfig {
             project_id: project_id.into(),
             dataset_id: dataset_id.into(),
             table_id: table_id.into(),
+            write_api: WriteApi::default(),
             endpoint: None,
+            storage_endpoint: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_rows_per_request: MAX_ROWS_PER_REQUEST,
@@ -78,8 +104,24 @@ impl BigQuerySinkConfig {
     }
 }
 
-/// Inserts each event as one row of a BigQuery table.
+/// Writes each event as one row of a BigQuery table.
 pub struct BigQuerySink {
+    config: BigQuerySinkConfig,
+    writer: Writer,
+}
+
+/// The API the sink writes with.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per sink, built once at start-up"
+)]
+enum Writer {
+    InsertAll(InsertAll),
+    Storage(storage::StorageWriter),
+}
+
+/// The insertAll client and its bound on requests in flight.
+struct InsertAll {
     client: Client,
     config: BigQuerySinkConfig,
     requests: Semaphore,
@@ -97,9 +139,9 @@ impl Authenticator for EmulatorToken {
 }
 
 impl BigQuerySink {
-    /// Builds the client: application default credentials (a key file named by
-    /// `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the metadata server, as on
-    /// Cloud Run), or a fake token for an endpoint override. Nothing is sent yet.
+    /// Builds the client of the configured API: application default credentials (a key file
+    /// named by `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user credentials, or the metadata
+    /// server, as on Cloud Run), or a fake token for an endpoint override. Nothing is sent yet.
     pub async fn connect(config: BigQuerySinkConfig) -> Result<BigQuerySink, SinkError> {
         let invalid = |message: String| SinkError::Config {
             sink: NAME,
@@ -119,6 +161,34 @@ impl BigQuerySink {
                 "request concurrency and rows per request must be positive".into(),
             ));
         }
+        let writer = match config.write_api {
+            WriteApi::Storage => {
+                if config.endpoint.is_some() && config.storage_endpoint.is_none() {
+                    return Err(invalid(
+                        "an insertAll endpoint override is set but no Storage Write API endpoint: \
+                         set the Storage Write endpoint too, or write with insertAll"
+                            .into(),
+                    ));
+                }
+                Writer::Storage(storage::StorageWriter::new(&config)?)
+            }
+            WriteApi::InsertAll => Writer::InsertAll(InsertAll::connect(&config).await?),
+        };
+        Ok(BigQuerySink { config, writer })
+    }
+
+    /// The sink's configuration.
+    pub fn config(&self) -> &BigQuerySinkConfig {
+        &self.config
+    }
+}
+
+impl InsertAll {
+    async fn connect(config: &BigQuerySinkConfig) -> Result<InsertAll, SinkError> {
+        let invalid = |message: String| SinkError::Config {
+            sink: NAME,
+            message,
+        };
         let mut builder = ClientBuilder::new();
         let client = match &config.endpoint {
             Some(endpoint) => {
@@ -130,16 +200,11 @@ impl BigQuerySink {
             None => builder.build_from_application_default_credentials().await,
         }
         .map_err(|err| invalid(format!("cannot build the BigQuery client: {err}")))?;
-        Ok(BigQuerySink {
+        Ok(InsertAll {
             client,
             requests: Semaphore::new(config.max_concurrent_requests),
-            config,
+            config: config.clone(),
         })
-    }
-
-    /// The sink's configuration.
-    pub fn config(&self) -> &BigQuerySinkConfig {
-        &self.config
     }
 
     /// Sends one insertAll request and maps the answer to one outcome per row.
@@ -194,6 +259,38 @@ impl EventSink for BigQuerySink {
     }
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        match &self.writer {
+            Writer::InsertAll(insert_all) => insert_all.publish(events).await,
+            Writer::Storage(storage) => storage.publish(events).await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let api = match self.config.write_api {
+            WriteApi::Storage => "Storage Write API",
+            WriteApi::InsertAll => "insertAll",
+        };
+        format!("BigQuery table {} ({api})", self.config.table_path())
+    }
+
+    async fn health(&self) -> Result<(), SinkError> {
+        match &self.writer {
+            Writer::InsertAll(insert_all) => insert_all.health().await,
+            Writer::Storage(storage) => storage.health().await,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        match &self.writer {
+            Writer::InsertAll(insert_all) => insert_all.requests.close(),
+            Writer::Storage(storage) => storage.shutdown(),
+        }
+        Ok(())
+    }
+}
+
+impl InsertAll {
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         let plan = rows::plan(
             events,
             chrono::Utc::now(),
@@ -217,10 +314,6 @@ impl EventSink for BigQuerySink {
                 outcome.unwrap_or_else(|| PublishOutcome::Retryable("not sent to BigQuery".into()))
             })
             .collect()
-    }
-
-    fn describe(&self) -> String {
-        format!("BigQuery table {}", self.config.table_path())
     }
 
     /// Healthy when the table exists and is readable (`tables.get`).
@@ -253,11 +346,5 @@ impl EventSink for BigQuerySink {
                 self.config.request_timeout
             ))),
         }
-    }
-
-    async fn shutdown(&self) -> Result<(), SinkError> {
-        // Later publishes are retryable; requests already in flight finish.
-        self.requests.close();
-        Ok(())
     }
 }

@@ -1,11 +1,12 @@
-//! The BigQuery sink against a fake insertAll endpoint: only rows BigQuery confirms are
-//! delivered; invalid rows are permanent; everything else is retryable.
+//! The BigQuery sink in insertAll mode against a fake insertAll endpoint: only rows BigQuery
+//! confirms are delivered; invalid rows are permanent; everything else is retryable. (The Storage
+//! Write API mode: `bigquery_storage_sink.rs`; both against the emulator: `bigquery_emulator.rs`.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use telemetry_gateway_sink::bigquery::{MAX_REQUEST_BYTES, MAX_ROWS_PER_REQUEST};
+use telemetry_gateway_sink::bigquery::{MAX_REQUEST_BYTES, MAX_ROWS_PER_REQUEST, WriteApi};
 use telemetry_gateway_sink::{
     BigQuerySink, BigQuerySinkConfig, EventSink, PreparedEvent, PublishOutcome, SinkError,
 };
@@ -15,6 +16,7 @@ use common::{event, events};
 
 fn config(fake: &FakeBigQuery) -> BigQuerySinkConfig {
     BigQuerySinkConfig {
+        write_api: WriteApi::InsertAll,
         endpoint: Some(fake.v2_base_url()),
         request_timeout: Duration::from_secs(5),
         ..BigQuerySinkConfig::new("proj", "telemetry", "events")
@@ -191,6 +193,7 @@ async fn an_unreachable_endpoint_is_retryable() {
         listener.local_addr().expect("address").port()
     };
     let sink = BigQuerySink::connect(BigQuerySinkConfig {
+        write_api: WriteApi::InsertAll,
         endpoint: Some(format!("http://127.0.0.1:{port}/bigquery/v2")),
         request_timeout: Duration::from_secs(5),
         ..BigQuerySinkConfig::new("proj", "telemetry", "events")
@@ -306,7 +309,10 @@ async fn health_is_whether_the_table_exists() {
     let fake = FakeBigQuery::start().await;
     let sink = sink(&fake).await;
     assert_eq!(sink.name(), "bigquery");
-    assert_eq!(sink.describe(), "BigQuery table proj.telemetry.events");
+    assert_eq!(
+        sink.describe(),
+        "BigQuery table proj.telemetry.events (insertAll)"
+    );
 
     assert!(sink.health().await.is_ok());
 

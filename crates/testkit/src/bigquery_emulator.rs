@@ -3,7 +3,8 @@
 //! The first use installs it into a virtualenv under `<target>/test-tools/bqemulator/`, guarded
 //! by a lock file against concurrent installs, with a private `HOME` there holding the DuckDB
 //! `spatial` extension it refuses to start without; later runs reuse the cache. Each
-//! [`BigQueryEmulator`] runs on 127.0.0.1 with ports the emulator picks, logs to a file in the
+//! [`BigQueryEmulator`] runs on 127.0.0.1 with ports the emulator picks (REST, and gRPC for the
+//! Storage Write API), logs to a file in the
 //! cache (never to the test's output), and is stopped when dropped; a small `sh` watchdog also
 //! stops it when the test process dies without dropping it.
 //!
@@ -58,6 +59,7 @@ pub struct BigQueryEmulator {
     child: Child,
     watchdog: Option<Child>,
     rest: SocketAddr,
+    grpc: SocketAddr,
     log_path: PathBuf,
 }
 
@@ -78,6 +80,11 @@ impl BigQueryEmulator {
     /// The REST v2 base URL, for the sink's endpoint setting.
     pub fn v2_base_url(&self) -> String {
         format!("http://{}/bigquery/v2", self.rest)
+    }
+
+    /// The Storage Write API (gRPC, plaintext) URL, for the sink's storage endpoint setting.
+    pub fn storage_url(&self) -> String {
+        format!("http://{}", self.grpc)
     }
 
     /// The emulator's log so far.
@@ -284,6 +291,7 @@ fn start_blocking() -> BigQueryEmulator {
         .ok();
     let mut emulator = BigQueryEmulator {
         rest: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
         child,
         watchdog,
         log_path,
@@ -297,10 +305,19 @@ fn start_blocking() -> BigQueryEmulator {
                 emulator.log()
             );
         }
-        if let Some(port) = rest_port(&emulator.log()) {
-            let rest = SocketAddr::from(([127, 0, 0, 1], port));
-            if TcpStream::connect_timeout(&rest, Duration::from_millis(200)).is_ok() {
+        let log = emulator.log();
+        if let (Some(rest), Some(grpc)) = (
+            listen_port(&log, "rest.listen"),
+            listen_port(&log, "grpc.listen"),
+        ) {
+            let rest = SocketAddr::from(([127, 0, 0, 1], rest));
+            let grpc = SocketAddr::from(([127, 0, 0, 1], grpc));
+            let listening = |addr: &SocketAddr| {
+                TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+            };
+            if listening(&rest) && listening(&grpc) {
                 emulator.rest = rest;
+                emulator.grpc = grpc;
                 return emulator;
             }
         }
@@ -315,11 +332,11 @@ fn start_blocking() -> BigQueryEmulator {
     }
 }
 
-/// The REST port from the emulator's `rest.listen` JSON log line.
-fn rest_port(log: &str) -> Option<u16> {
+/// The port from the emulator's `rest.listen` or `grpc.listen` JSON log line.
+fn listen_port(log: &str, event: &str) -> Option<u16> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["event"] == "rest.listen")
+        .find(|line| line["event"] == event)
         .and_then(|line| line["port"].as_u64())
         .and_then(|port| u16::try_from(port).ok())
 }

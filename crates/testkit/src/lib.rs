@@ -1,7 +1,7 @@
 //! Test support for the Telemetry Gateway: license minting, a recording sink with programmable
 //! outcomes, event builders, a gRPC client helper and a minimal HTTP client for diagnostics; with
 //! the `harnesses` feature, also the Pub/Sub and BigQuery emulator harnesses and the fake
-//! BigQuery, SAMS, OTLP and Sentry servers.
+//! BigQuery (insertAll and Storage Write), SAMS, OTLP and Sentry servers.
 //!
 //! Dev-only: no runtime crate depends on it. It does not depend on the server crate either, so
 //! the server's own tests can use it without two copies of the server's types.
@@ -12,6 +12,8 @@ pub mod client;
 pub mod events;
 #[cfg(feature = "harnesses")]
 pub mod fake_bigquery;
+#[cfg(feature = "harnesses")]
+pub mod fake_bigquery_write;
 #[cfg(feature = "harnesses")]
 pub mod fake_otlp;
 #[cfg(feature = "harnesses")]

@@ -18,7 +18,7 @@ pub const MAX_REQUEST_BYTES: usize = 10_000_000;
 const ENVELOPE_BYTES: usize = 256;
 
 /// The attribute that names who published an event.
-const SOURCE_ATTRIBUTE: &str = "publisher.source";
+pub(crate) const SOURCE_ATTRIBUTE: &str = "publisher.source";
 
 /// One insertAll request: its rows and the index of each row's event in the published batch.
 #[derive(Debug)]
@@ -51,14 +51,17 @@ pub(crate) fn row(event: &PreparedEvent, ingested_at: DateTime<Utc>) -> Result<V
     }))
 }
 
-/// The timestamp as BigQuery TIMESTAMP text, or `None` (NULL) when BigQuery cannot hold it
-/// (outside years 1 to 9999, or not a valid timestamp at all).
+/// The timestamp as BigQuery TIMESTAMP text, or `None` (NULL) when BigQuery cannot hold it.
 fn bigquery_timestamp(timestamp: &prost_types::Timestamp) -> Option<String> {
+    bigquery_time(timestamp).map(format_timestamp)
+}
+
+/// The timestamp, or `None` when BigQuery's TIMESTAMP cannot hold it (outside years 1 to 9999,
+/// or not a valid timestamp at all).
+pub(crate) fn bigquery_time(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(timestamp.nanos).ok()?;
     let time = DateTime::from_timestamp(timestamp.seconds, nanos)?;
-    (1..=9999)
-        .contains(&time.year())
-        .then(|| format_timestamp(time))
+    (1..=9999).contains(&time.year()).then_some(time)
 }
 
 fn format_timestamp(time: DateTime<Utc>) -> String {
