@@ -1,21 +1,12 @@
 # The prod environment of the Telemetry Gateway. `cargo xtask handbook` reads the module's
-# arguments below into docs/operations-handbook.md: keep them literal values.
+# arguments below into docs/operations-handbook.md: keep them literal values. Provider versions
+# are the module's (modules/telemetry-gateway/versions.tf).
 
 terraform {
   required_version = ">= 1.5"
   backend "gcs" {
     bucket = "telemetry-gateway-prod-acae-tfstate"
     prefix = "telemetry-gateway/prod"
-  }
-  required_providers {
-    google = {
-      source  = "hashicorp/google"
-      version = ">= 6.20, < 8"
-    }
-    random = {
-      source  = "hashicorp/random"
-      version = ">= 3.6, < 4"
-    }
   }
 }
 

@@ -40,6 +40,8 @@ output "deploy_parameters" {
   value = merge(
     local.env,
     {
+      environment          = var.environment
+      category             = var.category
       project_id           = var.project_id
       region               = var.region
       service_account      = google_service_account.gateway.email
