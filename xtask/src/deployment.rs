@@ -180,13 +180,8 @@ pub fn environments(root: &Path) -> Result<Vec<Environment>> {
         .map(|name| {
             let path: PathBuf = dir.join(&name).join("main.tf");
             let body = parse_file(&path)?;
-            let module = find_block(&body, "module", &["telemetry_gateway"])
+            let args = module_args(&body)
                 .with_context(|| format!("{}: no module \"telemetry_gateway\"", path.display()))?;
-            let args = module
-                .body()
-                .attributes()
-                .map(|a| (a.key().to_string(), a.expr().clone()))
-                .collect();
             Ok(Environment {
                 dir: name,
                 body,
@@ -194,6 +189,18 @@ pub fn environments(root: &Path) -> Result<Vec<Environment>> {
             })
         })
         .collect()
+}
+
+/// The arguments of the module call named `telemetry_gateway`, in file order.
+fn module_args(body: &Body) -> Option<Vec<(String, Expression)>> {
+    let module = find_block(body, "module", &["telemetry_gateway"])?;
+    Some(
+        module
+            .body()
+            .attributes()
+            .map(|a| (a.key().to_string(), a.expr().clone()))
+            .collect(),
+    )
 }
 
 /// One alert policy of `local.alert_policies` in the module's `monitoring.tf`.
@@ -356,4 +363,88 @@ pub fn placeholders(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_name_what_terraform_interpolates() {
+        for (text, expected) in [
+            (
+                "https://${var.domain}/-/healthz",
+                "https://<domain>/-/healthz",
+            ),
+            (
+                "id = \"${google_monitoring_uptime_check_config.healthz.uptime_check_id}\"",
+                "id = \"<uptime_check_id>\"",
+            ),
+            (
+                "${var.metric_prefix}x and ${local.y}",
+                "<metric_prefix>x and <y>",
+            ),
+            ("no interpolation", "no interpolation"),
+            ("unterminated ${var.x", "unterminated ${var.x"),
+        ] {
+            assert_eq!(placeholders(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn heredocs_lose_their_common_indentation() {
+        assert_eq!(dedent("    a\n      b\n\n    c\n"), "a\n  b\n\nc");
+    }
+
+    fn environment(module_body: &str) -> Environment {
+        let body = hcl::parse(&format!(
+            "module \"telemetry_gateway\" {{\n{module_body}\n}}\n"
+        ))
+        .expect("parses");
+        Environment {
+            dir: "test".into(),
+            args: module_args(&body).expect("a module call"),
+            body,
+        }
+    }
+
+    fn policy(enabled: &str) -> AlertPolicy {
+        AlertPolicy {
+            key: "k".into(),
+            kind: "threshold".into(),
+            display_name: "P".into(),
+            severity: "WARNING".into(),
+            enabled: enabled.into(),
+            metric: "m".into(),
+            filter: String::new(),
+            aligner: "ALIGN_MAX".into(),
+            reducer: "REDUCE_SUM".into(),
+            period: "60".into(),
+            duration: "0".into(),
+            threshold: "1".into(),
+            documentation: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_policy_for_large_environments_is_evaluated_per_environment() {
+        let policy = policy("var.max_instances > 5");
+        let small = environment("max_instances = 5");
+        let large = environment("max_instances = 6");
+        assert!(!policy.enabled_in(&small).expect("evaluates"));
+        assert!(policy.enabled_in(&large).expect("evaluates"));
+        assert!(self::policy("true").enabled_in(&small).expect("evaluates"));
+        assert!(
+            self::policy("var.max_instances < 5")
+                .enabled_in(&small)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_computed_module_argument_is_refused_for_the_handbook() {
+        let environment = environment("domain = var.domain");
+        let err = environment.arg("domain").expect_err("not literal");
+        assert!(err.to_string().contains("literal"), "{err}");
+    }
 }
