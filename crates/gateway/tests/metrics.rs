@@ -240,7 +240,10 @@ async fn instance_traffic_is_counted_exactly() {
 
     let target = metrics.only("target_info");
     assert_eq!(target.labels["service_name"], "telemetry-gateway");
-    assert_eq!(target.labels["service_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        target.labels["service_version"],
+        telemetry_gateway::version::version()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
