@@ -1,8 +1,10 @@
 //! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`,
-//! `cargo xtask bench`.
+//! `cargo xtask handbook [--check]`, `cargo xtask bench`; and, as its tests, the checks of the
+//! deployment as code (`deploy_checks.rs`).
 //!
 //! Nothing at runtime depends on this crate, and it depends on none of ours: code generation must
-//! work even when the checked-in generated code is stale or broken.
+//! work even when the checked-in generated code is stale or broken. (Its tests use testkit's PyPI
+//! installer for checkov and hadolint.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +13,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+#[cfg(test)]
+mod deploy_checks;
+mod deployment;
+mod handbook;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Telemetry Gateway project chores")]
@@ -35,6 +41,12 @@ enum Chore {
         #[arg(long)]
         check: bool,
     },
+    /// Regenerate `docs/operations-handbook.md` from the deployment as code (deploy/terraform).
+    Handbook {
+        /// Fail if the checked-in handbook is stale.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 const PROTO_ROOT: &str = "proto";
@@ -49,6 +61,7 @@ fn main() -> Result<()> {
     match cli.command {
         Chore::Codegen { check } => codegen(&root, check),
         Chore::Docs { check } => docs(&root, check),
+        Chore::Handbook { check } => handbook::handbook(&root, check),
         Chore::Bench(args) => bench::bench(&root, args),
     }
 }

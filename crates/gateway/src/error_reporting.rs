@@ -25,8 +25,10 @@ use tracing_subscriber::filter::filter_fn;
 
 use crate::logging::BoxedLayer;
 
-/// The release reported with every event.
-pub const RELEASE: &str = concat!("telemetry-gateway@", env!("CARGO_PKG_VERSION"));
+/// The release reported with every event: `telemetry-gateway@<version>`.
+pub fn release() -> String {
+    format!("telemetry-gateway@{}", crate::version::version())
+}
 
 /// How long shutdown waits for queued reports to be sent.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -90,7 +92,7 @@ pub fn client_options(dsn: Dsn, environment: &str) -> sentry::ClientOptions {
     let limiter = Arc::new(ReportLimiter::default());
     let mut options = sentry::ClientOptions::new()
         .environment(environment.to_string())
-        .release(RELEASE)
+        .release(release())
         .send_default_pii(false)
         .shutdown_timeout(CLOSE_TIMEOUT)
         .before_send(move |event| limiter.admit(tag_event(event), Instant::now()));
@@ -293,7 +295,7 @@ impl ErrorReporting {
             sentryHost = %self.host,
             sentryProject = %self.project,
             environment = %self.environment,
-            release = RELEASE,
+            release = %release(),
             "errors are reported to Sentry"
         );
     }
@@ -343,7 +345,7 @@ mod tests {
         assert_eq!(event.level, SentryLevel::Error);
         assert_eq!(event.message.as_deref(), Some("an error with one"));
         assert_eq!(event.environment.as_deref(), Some("test-env"));
-        assert_eq!(event.release.as_deref(), Some(RELEASE));
+        assert_eq!(event.release.as_deref(), Some(release().as_str()));
         let breadcrumbs: Vec<_> = event
             .breadcrumbs
             .iter()

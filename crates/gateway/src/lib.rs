@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod send;
 pub mod sinks;
 pub mod telemetry;
+pub mod version;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -147,7 +148,7 @@ pub async fn run(
     let address = listener.local_addr()?;
     tracing::info!(
         %address,
-        version = env!("CARGO_PKG_VERSION"),
+        version = version::version(),
         environment = %config.server.environment_id,
         "telemetry gateway listening"
     );
@@ -155,7 +156,7 @@ pub async fn run(
 
     let options = ServerOptions {
         max_receive_message_bytes: config.server.max_receive_message_bytes,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: version::version().to_string(),
         diagnostics_secret: config.server.diagnostics_secret.clone(),
         prometheus,
     };

@@ -70,12 +70,27 @@ impl Telemetry {
             }
         }
         let mut meters = SdkMeterProvider::builder().with_resource(resource());
-        if let Some(reader) = otlp::metric_reader(&config.telemetry)? {
+        let otlp_reader = otlp::metric_reader(&config.telemetry)?;
+        let has_otlp = otlp_reader.is_some();
+        if let Some(reader) = otlp_reader {
             meters = meters.with_reader(reader);
             let endpoint = otlp::metrics_endpoint(&config.telemetry).unwrap_or_default();
             tracing::info!(endpoint, "metrics go to OTLP at {endpoint}");
         }
         let prometheus = if config.server.msp {
+            if !has_otlp {
+                // A meter provider without a reader makes every observable gauge log an error:
+                // with nowhere to send metrics, keep the global no-op meter instead.
+                tracing::info!(
+                    "MSP=true and OTEL_EXPORTER_OTLP_ENDPOINT is not set: metrics are not exported"
+                );
+                return Ok(Telemetry {
+                    meter_provider: None,
+                    prometheus: None,
+                    sentry,
+                    traces,
+                });
+            }
             None
         } else {
             let registry = prometheus::Registry::new();
@@ -119,7 +134,7 @@ fn resource() -> Resource {
         .with_service_name(SERVICE_NAME)
         .with_attribute(opentelemetry::KeyValue::new(
             "service.version",
-            env!("CARGO_PKG_VERSION"),
+            crate::version::version(),
         ))
         .build()
 }

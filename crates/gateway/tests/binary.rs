@@ -75,7 +75,7 @@ async fn diagnostics_are_served_on_the_grpc_port() {
         .expect("served");
     assert_eq!(
         (version.status, version.body.as_str()),
-        (200, env!("CARGO_PKG_VERSION"))
+        (200, telemetry_gateway::version::version())
     );
     let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", Some("Bearer hush"))
         .await

@@ -240,7 +240,10 @@ async fn instance_traffic_is_counted_exactly() {
 
     let target = metrics.only("target_info");
     assert_eq!(target.labels["service_name"], "telemetry-gateway");
-    assert_eq!(target.labels["service_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        target.labels["service_version"],
+        telemetry_gateway::version::version()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,6 +538,16 @@ async fn no_metrics_endpoint_on_msp() {
         .await
         .expect("served");
     assert_eq!(metrics.status, 404);
+    gateway
+        .wait_for("MSP=true and OTEL_EXPORTER_OTLP_ENDPOINT is not set: metrics are not exported");
+    assert!(gateway.terminate().success());
+    // The container image's start: MSP without an OTLP endpoint logs no error.
+    let errors: Vec<_> = gateway
+        .lines()
+        .into_iter()
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert!(errors.is_empty(), "errors at an MSP start: {errors:?}");
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ async fn each_rpc_is_a_new_root_span_linked_to_the_senders_trace() {
     );
     assert_eq!(
         rpc.resource_attribute("service.version"),
-        Some(&string(env!("CARGO_PKG_VERSION")))
+        Some(&string(telemetry_gateway::version::version()))
     );
 }
 

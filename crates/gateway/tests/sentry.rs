@@ -122,7 +122,7 @@ async fn a_failed_publish_is_reported_with_its_feature_action_and_id() {
     assert_eq!(event.environment.as_deref(), Some(ENVIRONMENT));
     assert_eq!(
         event.release.as_deref(),
-        Some(concat!("telemetry-gateway@", env!("CARGO_PKG_VERSION")))
+        Some(telemetry_gateway::error_reporting::release().as_str())
     );
     assert_eq!(tag(&event, "event.feature"), Some("sentry.feature"));
     assert_eq!(tag(&event, "event.action"), Some("sentry.action"));

@@ -11,8 +11,7 @@
 //! When Python ≥ 3.11, `venv`/`pip` or PyPI is not available, starting fails with a message
 //! saying what to install: the tests never skip silently.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, File};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +29,8 @@ use gcp_bigquery_client::model::table::Table;
 use gcp_bigquery_client::model::table_field_schema::TableFieldSchema;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 use serde_json::Value;
+
+use crate::pypi::{self, PypiTool};
 
 /// What gets installed, exactly (the cache is rebuilt when this changes).
 pub const REQUIREMENTS: &[&str] = &[
@@ -186,7 +187,7 @@ impl Drop for BigQueryEmulator {
 
 /// The fields of `deploy/bigquery/events.schema.json`.
 pub fn events_schema() -> Vec<TableFieldSchema> {
-    let path = workspace_dir().join(SCHEMA_PATH);
+    let path = pypi::workspace_dir().join(SCHEMA_PATH);
     let text =
         fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|err| panic!("parse {}: {err}", path.display()))
@@ -202,29 +203,9 @@ impl Authenticator for FakeToken {
     }
 }
 
-fn workspace_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .nth(2)
-        .unwrap_or(manifest)
-        .to_path_buf()
-}
-
 /// `<target>/test-tools/bqemulator`, honouring `CARGO_TARGET_DIR`.
 fn cache_dir() -> PathBuf {
-    let workspace = workspace_dir();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                workspace.join(dir)
-            }
-        })
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("test-tools").join("bqemulator")
+    crate::pypi::test_tools_dir().join(TOOL.name)
 }
 
 /// Stops the emulator (`$2`) once the test process (`$1`) is gone; a zombie counts as gone.
@@ -346,121 +327,45 @@ struct Installation {
     home: PathBuf,
 }
 
-/// Installs bqemulator into `cache` unless a complete installation of [`REQUIREMENTS`] is there.
+/// bqemulator from PyPI.
+const TOOL: PypiTool = PypiTool {
+    name: "bqemulator",
+    requirements: REQUIREMENTS,
+    executable: "bqemulator",
+    min_python_minor: 11,
+    how_to_fix: HOW_TO_FIX,
+};
+
+/// Installs bqemulator unless a complete installation of [`REQUIREMENTS`] is there, with a
+/// private `HOME` holding the DuckDB `spatial` extension.
 fn ensure_installed(cache: &Path) -> Installation {
-    let installation = Installation {
-        venv: cache.join("venv"),
-        home: cache.join("home"),
-    };
-    fs::create_dir_all(cache).unwrap_or_else(|err| panic!("create {}: {err}", cache.display()));
-    let lock_path = cache.join("install.lock");
-    let lock = File::create(&lock_path)
-        .unwrap_or_else(|err| panic!("create {}: {err}", lock_path.display()));
-    lock.lock()
-        .unwrap_or_else(|err| panic!("lock {}: {err}", lock_path.display()));
-    let marker = cache.join("installed");
-    let wanted = REQUIREMENTS.join("\n");
-    if fs::read_to_string(&marker).is_ok_and(|found| found == wanted)
-        && installation.venv.join("bin").join("bqemulator").exists()
-    {
-        return installation;
-    }
-    let started = Instant::now();
-    eprintln!(
-        "installing bqemulator into {} (once; about a minute)",
-        cache.display()
-    );
-    let _ = fs::remove_file(&marker);
-    let _ = fs::remove_dir_all(&installation.venv);
-    let _ = fs::remove_dir_all(&installation.home);
-    let log_path = cache.join("install.log");
-    let mut log = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&log_path)
-        .unwrap_or_else(|err| panic!("create {}: {err}", log_path.display()));
-
-    let python =
-        std::env::var("TELEMETRY_GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let check = Command::new(&python)
-        .args([
-            "-c",
-            "import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= (3, 11) else 3)",
-        ])
-        .output();
-    match check {
-        Err(err) => panic!("cannot run `{python}`: {err}.\n{HOW_TO_FIX}"),
-        Ok(output) if output.status.code() == Some(3) => {
-            panic!("`{python}` is older than Python 3.11.\n{HOW_TO_FIX}")
-        }
-        Ok(output) if !output.status.success() => panic!(
-            "`{python}` lacks the venv or ensurepip module: {}\n{HOW_TO_FIX}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-        Ok(_) => {}
-    }
-    run_logged(
-        Command::new(&python)
-            .args(["-m", "venv"])
-            .arg(&installation.venv),
-        &mut log,
-        &log_path,
-    );
-    run_logged(
-        Command::new(installation.venv.join("bin").join("python"))
-            .args(["-m", "pip", "install", "--disable-pip-version-check"])
-            .args(REQUIREMENTS),
-        &mut log,
-        &log_path,
-    );
-
-    let extension =
-        find_file(&installation.venv, "spatial.duckdb_extension").unwrap_or_else(|| {
-            panic!(
-                "duckdb-extension-spatial installed no spatial.duckdb_extension under {}",
-                installation.venv.display()
-            )
-        });
-    let platform = match std::env::consts::ARCH {
-        "aarch64" => "linux_arm64",
-        _ => "linux_amd64",
-    };
-    let extension_dir = installation
-        .home
-        .join(".duckdb")
-        .join("extensions")
-        .join(DUCKDB_EXTENSION_VERSION)
-        .join(platform);
-    fs::create_dir_all(&extension_dir)
-        .unwrap_or_else(|err| panic!("create {}: {err}", extension_dir.display()));
-    fs::copy(&extension, extension_dir.join("spatial.duckdb_extension"))
-        .unwrap_or_else(|err| panic!("copy {}: {err}", extension.display()));
-    fs::write(&marker, wanted).unwrap_or_else(|err| panic!("write {}: {err}", marker.display()));
-    eprintln!("installed bqemulator in {:?}", started.elapsed());
-    installation
-}
-
-/// Runs `command` with its output appended to `log`; panics with the log's tail on failure.
-fn run_logged(command: &mut Command, log: &mut File, log_path: &Path) {
-    let _ = writeln!(log, "$ {command:?}");
-    let out = log.try_clone().expect("clone the install log handle");
-    let err = log.try_clone().expect("clone the install log handle");
-    let status = command
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}.\n{HOW_TO_FIX}"));
-    if !status.success() {
-        let tail: Vec<String> = File::open(log_path)
-            .map(|file| BufReader::new(file).lines().map_while(Result::ok).collect())
-            .unwrap_or_default();
-        let tail = tail[tail.len().saturating_sub(30)..].join("\n");
-        panic!(
-            "{command:?} failed ({status}); log {}:\n{tail}\n\n{HOW_TO_FIX}",
-            log_path.display()
-        );
+    let home = cache.join("home");
+    let installed = pypi::install(&TOOL, |installed| {
+        let _ = fs::remove_dir_all(&home);
+        let extension =
+            find_file(&installed.venv, "spatial.duckdb_extension").unwrap_or_else(|| {
+                panic!(
+                    "duckdb-extension-spatial installed no spatial.duckdb_extension under {}",
+                    installed.venv.display()
+                )
+            });
+        let platform = match std::env::consts::ARCH {
+            "aarch64" => "linux_arm64",
+            _ => "linux_amd64",
+        };
+        let extension_dir = home
+            .join(".duckdb")
+            .join("extensions")
+            .join(DUCKDB_EXTENSION_VERSION)
+            .join(platform);
+        fs::create_dir_all(&extension_dir)
+            .unwrap_or_else(|err| panic!("create {}: {err}", extension_dir.display()));
+        fs::copy(&extension, extension_dir.join("spatial.duckdb_extension"))
+            .unwrap_or_else(|err| panic!("copy {}: {err}", extension.display()));
+    });
+    Installation {
+        venv: installed.venv,
+        home,
     }
 }
 

@@ -25,6 +25,7 @@ pub mod json;
 pub mod license;
 #[cfg(feature = "harnesses")]
 pub mod pubsub_emulator;
+pub mod pypi;
 pub mod sink;
 
 pub use client::{connect, record_events};

@@ -1,0 +1,364 @@
+//! `cargo xtask handbook [--check]`: `docs/operations-handbook.md`, generated from the deployment
+//! as code (the environments' definitions, the module's alert policies and secrets, the rollout
+//! pipeline and the dashboard), so the handbook describes exactly what is deployed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use hcl::expr::Expression;
+
+use crate::deployment::{
+    self, AlertPolicy, DASHBOARD, ENVIRONMENTS_DIR, Environment, MODULE_DIR, ROLLOUT_DIR,
+};
+
+/// The generated document.
+pub const HANDBOOK: &str = "docs/operations-handbook.md";
+
+/// Writes the handbook, or with `check` fails when the checked-in one differs.
+pub fn handbook(root: &Path, check: bool) -> Result<()> {
+    let fresh = render(root)?;
+    let path = root.join(HANDBOOK);
+    if check {
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current != fresh {
+            bail!("{HANDBOOK} is stale: run `cargo xtask handbook` and commit the result");
+        }
+        println!("handbook: {HANDBOOK} up to date");
+        return Ok(());
+    }
+    std::fs::write(&path, fresh)?;
+    println!("handbook: wrote {HANDBOOK}");
+    Ok(())
+}
+
+/// The rollout pipeline's name, project, region and image repository.
+struct Rollout {
+    pipeline: String,
+    project_id: String,
+    region: String,
+    images: String,
+}
+
+fn rollout(root: &Path) -> Result<Rollout> {
+    let path = root.join(ROLLOUT_DIR).join("main.tf");
+    let body = deployment::parse_file(&path)?;
+    let local = |name: &str| {
+        deployment::local(&body, name)
+            .map(deployment::text)
+            .with_context(|| format!("{}: no local.{name}", path.display()))
+    };
+    let project_id = local("project_id")?;
+    let region = local("region")?;
+    let resolve = |text: String| {
+        text.replace("${local.region}", &region)
+            .replace("${local.project_id}", &project_id)
+    };
+    let pipeline = deployment::find_block(
+        &body,
+        "resource",
+        &["google_clouddeploy_delivery_pipeline", "rollout"],
+    )
+    .and_then(|block| deployment::attribute(block.body(), "name"))
+    .map(deployment::text)
+    .context("rollout: no delivery pipeline name")?;
+    let repository = deployment::find_block(
+        &body,
+        "resource",
+        &["google_artifact_registry_repository", "images"],
+    )
+    .and_then(|block| deployment::attribute(block.body(), "repository_id"))
+    .map(deployment::text)
+    .context("rollout: no image repository")?;
+    Ok(Rollout {
+        pipeline: resolve(pipeline),
+        images: format!("{region}-docker.pkg.dev/{project_id}/{repository}/telemetry-gateway"),
+        project_id,
+        region,
+    })
+}
+
+/// The gateway's secrets: setting name and Secret Manager secret ID.
+fn secrets(root: &Path) -> Result<Vec<(String, String)>> {
+    let path = root.join(MODULE_DIR).join("main.tf");
+    let body = deployment::parse_file(&path)?;
+    let for_each = deployment::find_block(
+        &body,
+        "resource",
+        &["google_secret_manager_secret", "gateway"],
+    )
+    .and_then(|block| deployment::attribute(block.body(), "for_each"))
+    .context("no google_secret_manager_secret.gateway for_each")?;
+    match for_each {
+        Expression::Object(members) => Ok(members
+            .iter()
+            .map(|(key, value)| (deployment::key_text(key), deployment::text(value)))
+            .collect()),
+        _ => bail!("google_secret_manager_secret.gateway: for_each is not an object"),
+    }
+}
+
+/// The dashboard's name and the titles of its charts.
+fn dashboard(root: &Path) -> Result<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(root.join(DASHBOARD))?;
+    let json: serde_json::Value = serde_json::from_str(&text).context(DASHBOARD)?;
+    let name = json["displayName"].as_str().unwrap_or_default().to_string();
+    let titles = json["mosaicLayout"]["tiles"]
+        .as_array()
+        .map(|tiles| {
+            tiles
+                .iter()
+                .filter_map(|tile| tile["widget"]["title"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((name, titles))
+}
+
+fn console(path: &str, project: &str) -> String {
+    format!("https://console.cloud.google.com/{path}?project={project}")
+}
+
+/// The whole document.
+pub fn render(root: &Path) -> Result<String> {
+    let environments = deployment::environments(root)?;
+    let policies = deployment::alert_policies(root)?;
+    let rollout = rollout(root)?;
+    let secrets = secrets(root)?;
+    let (dashboard_name, charts) = dashboard(root)?;
+    let metric_prefix = deployment::variable_default(root, "metric_prefix")?;
+    let mut out = String::new();
+    let names: Vec<String> = environments
+        .iter()
+        .map(|e| format!("[{0}](#{0})", e.dir))
+        .collect();
+
+    writeln!(
+        out,
+        "# Telemetry Gateway operations handbook
+
+<!-- Generated by `cargo xtask handbook` from {ENVIRONMENTS_DIR}, {MODULE_DIR},
+{ROLLOUT_DIR} and {DASHBOARD}; do not edit. -->
+
+How the Telemetry Gateway is deployed, watched and debugged. Infrastructure is Terraform under
+`deploy/terraform/` (bootstrapping, releases and rollbacks: `deploy/README.md`); settings are in
+[configuration.md](configuration.md), metrics in [metrics.md](metrics.md), health, draining and
+the memory budget in [operations.md](operations.md).
+
+## Service overview
+
+| Property | Details |
+|---|---|
+| Service ID | `telemetry-gateway` |
+| Service kind | Cloud Run service (gRPC over HTTP/2, h2c, plus HTTP diagnostics on one port) |
+| Environments | {} |
+| Container image | `{}` (built from `deploy/Dockerfile`) |
+| Source code | this repository: `crates/gateway` (the binary) and the crates it composes |
+| Rollout pipeline | [{}]({}) |
+
+The Telemetry Gateway ingests telemetry events from Sourcegraph instances and managed services
+over gRPC (`RecordEvents`, `RecordEvent`), authenticates each sender (signed license key,
+instance ID, or SAMS token), validates and renders the events, and hands them to Pub/Sub (for the
+downstream pipelines) and BigQuery (a queryable copy). A sender is told exactly which events were
+delivered and retries the rest.
+
+### Debugging missing events
+
+1. Check that the instance exports at all: its license may carry a tag that disables export,
+   and instances older than 5.2.1 export nothing by default.
+2. Look for the instance in the gateway's logs (Cloud Logging, below): refused streams are logged
+   with the reason (`invalid_license_key`, `missing_instance_id`, ...) and counted in
+   `telemetry-gateway.auth.failures`; events acknowledged without being forwarded are counted in
+   `telemetry-gateway.events.dropped` by reason.
+3. Send a known event through the environment yourself and see exactly what was recorded:
+
+   ```sh
+   telemetry-gateway send --endpoint https://<domain> --instance-id <instance-id> events.ndjson
+   ```
+
+   (one proto3 JSON event per line; `testdata/send/sample-events.ndjson` is an example). The
+   summary lists the events the gateway acknowledged; exit code 1 means some were not.
+4. Query the BigQuery table `telemetry_gateway.events` of the environment's project by
+   `event_id`, `feature` and `action` (partitioned by day of `event_timestamp`).
+",
+        names.join(", "),
+        rollout.images,
+        rollout.pipeline,
+        console(
+            &format!(
+                "deploy/delivery-pipelines/{}/{}",
+                rollout.region, rollout.pipeline
+            ),
+            &rollout.project_id
+        ),
+    )?;
+
+    writeln!(
+        out,
+        "## Custom metrics
+
+The gateway exports its metrics by OTLP to the OpenTelemetry Collector sidecar, which writes them
+to Cloud Monitoring as `{metric_prefix}<name>` (every instrument: [metrics.md](metrics.md)).
+Each environment has the dashboard **{dashboard_name}** (`{DASHBOARD}`), with:
+"
+    )?;
+    for chart in &charts {
+        writeln!(out, "- {chart}")?;
+    }
+    writeln!(out)?;
+
+    writeln!(
+        out,
+        "## Rollouts
+
+| Property | Details |
+|---|---|
+| Delivery pipeline | `{}` (project `{}`, region `{}`) |
+| Stages | {} |
+
+Every release (`gcloud deploy releases create`, see `deploy/README.md`) is delivered to the first
+stage, `{}`, at once. Promoting it to the next stage is done by hand, and `prod` needs an
+approval. Configuration changes (settings, sizing, alerts) go through `terraform apply` of the
+environment; Cloud Deploy changes only the image.
+",
+        rollout.pipeline,
+        rollout.project_id,
+        rollout.region,
+        environments
+            .iter()
+            .map(|e| e.dir.as_str())
+            .collect::<Vec<_>>()
+            .join(" -> "),
+        environments.first().map_or("dev", |e| e.dir.as_str()),
+    )?;
+
+    writeln!(out, "## Environments\n")?;
+    for environment in &environments {
+        render_environment(&mut out, environment, &policies, &secrets, &dashboard_name)?;
+    }
+
+    writeln!(
+        out,
+        "## Alert policies
+
+The following alert policies are defined for each environment (one notification goes to the
+environment's Slack channel and email addresses). Terraform puts the same text in each policy's
+documentation.
+"
+    )?;
+    for policy in &policies {
+        render_policy(&mut out, policy, &environments, &metric_prefix)?;
+    }
+    Ok(out.trim_end().to_string() + "\n")
+}
+
+fn render_environment(
+    out: &mut String,
+    environment: &Environment,
+    policies: &[AlertPolicy],
+    secrets: &[(String, String)],
+    dashboard_name: &str,
+) -> Result<()> {
+    let project = environment.arg("project_id")?;
+    let domain = environment.arg("domain")?;
+    let slack = environment.arg("slack_channel")?;
+    let sentry = environment.arg("sentry_project")?;
+    let memory_mib = environment.number("memory_mib")?;
+    let budget_mib = (memory_mib / 2.0).floor();
+    let logs = format!(
+        "https://console.cloud.google.com/logs/query;query=resource.type%3D%22cloud_run_revision%22%20resource.labels.service_name%3D%22telemetry-gateway%22?project={project}"
+    );
+    let active: Vec<&str> = policies
+        .iter()
+        .filter(|p| p.enabled_in(environment).unwrap_or(false))
+        .map(|p| p.display_name.as_str())
+        .collect();
+    writeln!(
+        out,
+        "### {name}
+
+| Property | Details |
+|---|---|
+| Project ID | [`{project}`]({run}) |
+| Category | **{category}** |
+| Region | `{region}` |
+| Domain | [{domain}](https://{domain}) |
+| Slack notifications | #{slack} |
+| Alerts | [GCP Monitoring alert policies]({alerts}) ({count} policies) |
+| Dashboard | [{dashboard_name}]({dashboards}) |
+| Errors | [Sentry `{sentry}`](https://{sentry_org}.sentry.io/projects/{sentry}/) |
+| Logs | [Cloud Logging]({logs}) (JSON; `severity>=WARNING` for problems) |
+| Traces | [Cloud Trace]({traces}) |
+| Instances | {min} to {max}, {concurrency} concurrent requests each |
+| Size | {cpu} vCPU, {memory} MiB; memory budget for events in flight {budget} MiB |
+",
+        name = environment.dir,
+        run = console("run", &project),
+        category = environment.arg("category")?,
+        region = environment.arg("region")?,
+        alerts = console("monitoring/alerting", &project),
+        count = active.len(),
+        sentry_org = environment.arg("sentry_organization")?,
+        dashboards = console("monitoring/dashboards", &project),
+        traces = console("traces/list", &project),
+        min = environment.arg("min_instances")?,
+        max = environment.arg("max_instances")?,
+        concurrency = environment.arg("concurrency")?,
+        cpu = environment.arg("cpu")?,
+        memory = memory_mib,
+        budget = budget_mib,
+    )?;
+    writeln!(
+        out,
+        "Secrets (Secret Manager, project `{project}`; values are never in code):\n"
+    )?;
+    for (setting, secret) in secrets {
+        writeln!(out, "- `{setting}`: `{secret}`")?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn render_policy(
+    out: &mut String,
+    policy: &AlertPolicy,
+    environments: &[Environment],
+    metric_prefix: &str,
+) -> Result<()> {
+    let mut only = Vec::new();
+    for environment in environments {
+        if policy.enabled_in(environment)? {
+            only.push(environment.dir.as_str());
+        }
+    }
+    let scope = if only.len() == environments.len() {
+        String::new()
+    } else if only.is_empty() {
+        format!(
+            "\n\nCreated only when `{}` (in no environment at present).",
+            policy.enabled
+        )
+    } else {
+        format!(
+            "\n\nCreated only when `{}` (in {}).",
+            policy.enabled,
+            only.join(", ")
+        )
+    };
+    writeln!(
+        out,
+        "### {}
+
+{}
+
+Condition: {}.{scope}
+
+Severity: **{}**
+",
+        policy.display_name,
+        deployment::placeholders(&policy.documentation),
+        policy.condition(metric_prefix),
+        policy.severity,
+    )?;
+    Ok(())
+}
