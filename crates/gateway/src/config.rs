@@ -62,6 +62,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub dead_letters: DeadLetterConfig,
 
     /// Print "Sanity check passed, exiting without error" and exit 0 (a container smoke test).
     #[arg(long, env = "SANITY_CHECK", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set, help_heading = "Server")]
@@ -351,6 +353,124 @@ pub enum BigQueryWriteApi {
     /// The legacy streaming API, `tabledata.insertAll`.
     #[value(name = "insert_all")]
     InsertAll,
+}
+
+/// Dead letters: every event refused for good (invalid, unrenderable, oversized, refused by a
+/// policy, rejected by a sink) also written, with why, to a directory or a Pub/Sub topic. Off by
+/// default; best effort (never delays or fails an acknowledgement).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Dead letters")]
+pub struct DeadLetterConfig {
+    /// Directory to write dead letters to, as NDJSON files (created if missing). Conflicts with
+    /// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID`.
+    #[arg(
+        long = "events-deadletter-dir",
+        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR"
+    )]
+    pub deadletter_dir: Option<PathBuf>,
+
+    /// Pub/Sub topic ID to publish dead letters to, one message each (through
+    /// `PUBSUB_EMULATOR_HOST` when set).
+    #[arg(
+        long = "events-deadletter-pubsub-topic-id",
+        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID"
+    )]
+    pub deadletter_pubsub_topic_id: Option<String>,
+
+    /// Google Cloud project of the dead-letter topic; default:
+    /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID`.
+    #[arg(
+        long = "events-deadletter-pubsub-project-id",
+        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID"
+    )]
+    pub deadletter_pubsub_project_id: Option<String>,
+
+    /// Largest dead letter, in bytes (at least 65536); a larger one loses its event JSON, then
+    /// its metadata, then the tail of its protobuf bytes, and is marked `"truncated":true`.
+    #[arg(
+        long = "events-deadletter-max-bytes",
+        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub deadletter_max_bytes: usize,
+
+    /// Most bytes of dead letters waiting to be written; beyond it they are dropped and counted
+    /// in `telemetry-gateway.dead_letters.failed`.
+    #[arg(
+        long = "events-deadletter-queue-bytes",
+        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub deadletter_queue_bytes: usize,
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterDestination {
+    /// NDJSON files in this directory.
+    Dir(PathBuf),
+    /// Messages on this Pub/Sub topic.
+    PubSub(PubSubSinkConfig),
+}
+
+impl DeadLetterConfig {
+    /// The destination, `None` when dead letters are off; `events` supplies the Pub/Sub
+    /// defaults (project, emulator, timeout).
+    pub fn destination(
+        &self,
+        events: &EventsConfig,
+    ) -> Result<Option<DeadLetterDestination>, ConfigError> {
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let dir = self
+            .deadletter_dir
+            .clone()
+            .filter(|dir| !dir.as_os_str().is_empty());
+        let topic = set(&self.deadletter_pubsub_topic_id);
+        if self.deadletter_max_bytes < telemetry_gateway_server::dead_letter::MIN_RECORD_BYTES {
+            return Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES",
+                message: format!(
+                    "must be at least {}",
+                    telemetry_gateway_server::dead_letter::MIN_RECORD_BYTES
+                ),
+            });
+        }
+        if self.deadletter_queue_bytes < self.deadletter_max_bytes {
+            return Err(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES",
+                message: "must be at least TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES".into(),
+            });
+        }
+        match (dir, topic) {
+            (Some(_), Some(_)) => Err(ConfigError::Conflict(
+                "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR",
+                "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID",
+            )),
+            (Some(dir), None) => Ok(Some(DeadLetterDestination::Dir(dir))),
+            (None, Some(topic)) => {
+                let project = set(&self.deadletter_pubsub_project_id)
+                    .or_else(|| set(&events.pubsub_project_id))
+                    .ok_or(ConfigError::Invalid {
+                        setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID",
+                        message: "required by the dead-letter topic (or set TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID)".into(),
+                    })?;
+                let mut config = PubSubSinkConfig::new(project, topic);
+                config.emulator_host = set(&events.pubsub_emulator_host);
+                config.publish_timeout =
+                    std::time::Duration::from_secs(events.pubsub_publish_timeout_seconds.max(1));
+                Ok(Some(DeadLetterDestination::PubSub(config)))
+            }
+            (None, None) => {
+                if set(&self.deadletter_pubsub_project_id).is_some() {
+                    return Err(ConfigError::Invalid {
+                        setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID",
+                        message: "required when TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID is set".into(),
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// How license keys are checked.
@@ -800,7 +920,8 @@ impl EventsConfig {
                                   TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
                                   or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
                             .into(),
-                    });
+                    }
+                    .into());
                 }
                 WriteApi::Storage
             }

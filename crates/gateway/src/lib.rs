@@ -114,6 +114,7 @@ pub async fn run(
         ),
     }
     let sink = sinks::build(&config.events).await?;
+    let dead_letters = sinks::dead_letters(&config.dead_letters, &config.events).await?;
     let policy = EventPolicy {
         fingerprint_license_keys: config.events.fingerprint_license_keys,
         reject_expired_licenses: config.license.reject_expired_licenses,
@@ -137,6 +138,10 @@ pub async fn run(
             "per-sender rate limit on"
         );
         gateway = gateway.with_rate_limiter(RateLimiter::new(limit));
+    }
+    if let Some(dead_letters) = &dead_letters {
+        tracing::info!(destination = %dead_letters.describe(), "dead letters (events refused for good) go to {}", dead_letters.describe());
+        gateway = gateway.with_dead_letters(Arc::clone(dead_letters));
     }
     let gateway = Arc::new(gateway);
     if config.server.diagnostics_secret.is_none() {
@@ -198,6 +203,11 @@ pub async fn run(
             "the sink did not flush within the shutdown timeout ({timeout:?})"
         )),
     };
+    if let Some(dead_letters) = &dead_letters
+        && let Err(err) = dead_letters.close(flush_by).await
+    {
+        tracing::warn!(error = %err, "closing the dead-letter destination");
+    }
     served?;
     flushed?;
     tracing::info!("telemetry gateway stopped");

@@ -8,7 +8,9 @@ use telemetry_gateway_sink::{
     PubSubSink, SinkMetrics,
 };
 
-use crate::config::{EventsConfig, SinkKind};
+use telemetry_gateway_server::{DeadLetterOptions, DeadLetters, Metrics};
+
+use crate::config::{DeadLetterConfig, DeadLetterDestination, EventsConfig, SinkKind};
 
 /// The sink (or fan-out of sinks) the configuration asks for, each backend measured.
 pub async fn build(config: &EventsConfig) -> anyhow::Result<Arc<dyn EventSink>> {
@@ -59,4 +61,37 @@ async fn build_one(
             m,
         )),
     })
+}
+
+/// The dead-letter writer the configuration asks for, `None` when dead letters are off. Its
+/// destination is a file sink or a Pub/Sub sink of its own, not measured as an events sink.
+pub async fn dead_letters(
+    config: &DeadLetterConfig,
+    events: &EventsConfig,
+) -> anyhow::Result<Option<Arc<DeadLetters>>> {
+    let destination: Arc<dyn EventSink> = match config.destination(events)? {
+        None => return Ok(None),
+        Some(DeadLetterDestination::Dir(dir)) => Arc::new(
+            FileSink::open(FileSinkConfig {
+                dir,
+                max_file_bytes: events.file_max_bytes,
+            })
+            .context("TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR")?,
+        ),
+        Some(DeadLetterDestination::PubSub(pubsub)) => Arc::new(
+            PubSubSink::connect(pubsub)
+                .await
+                .context("TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_*")?,
+        ),
+    };
+    let options = DeadLetterOptions {
+        max_record_bytes: config.deadletter_max_bytes,
+        queue_bytes: config.deadletter_queue_bytes,
+        gateway_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    Ok(Some(Arc::new(DeadLetters::start(
+        destination,
+        options,
+        Metrics::global(),
+    ))))
 }

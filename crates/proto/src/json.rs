@@ -125,6 +125,18 @@ pub fn to_canonical_json<M: ReflectMessage>(message: &M) -> Result<String, serde
     serde_json::to_string(&message.transcode_to_dynamic())
 }
 
+/// Parses proto3 JSON (as [`render_event`], [`render_metadata`] or any conforming encoder
+/// writes it) into a protocol message; unknown fields are an error. The inverse of the
+/// renderers, used to read back files the gateway wrote (`telemetry-gateway replay`).
+pub fn from_json<M: ReflectMessage + Default>(json: &str) -> Result<M, String> {
+    let descriptor = M::default().descriptor();
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let message = prost_reflect::DynamicMessage::deserialize(descriptor, &mut deserializer)
+        .and_then(|message| deserializer.end().map(|()| message))
+        .map_err(|err| err.to_string())?;
+    message.transcode_to().map_err(|err| err.to_string())
+}
+
 fn write_source(out: &mut Vec<u8>, source: &EventSource) {
     let mut obj = Object::open(out);
     if let Some(server) = &source.server {

@@ -40,6 +40,6 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 pub const SERVICE_NAME: &str = "telemetrygateway.v1.TelemeteryGatewayService";
 
 pub use event_id::new_event_id;
-pub use json::{RenderError, render_event, render_metadata};
+pub use json::{RenderError, from_json, render_event, render_metadata};
 pub use migrate::migrate_legacy_metadata;
 pub use validate::{EventError, FeatureActionError, validate_event, validate_feature_action};

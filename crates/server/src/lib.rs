@@ -19,6 +19,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 pub mod budget;
+pub mod dead_letter;
 pub mod diagnostics;
 pub mod error;
 pub mod lifecycle;
@@ -35,6 +36,7 @@ pub mod source;
 pub mod tracing_context;
 
 pub use budget::InflightBudget;
+pub use dead_letter::{DeadLetterOptions, DeadLetters};
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
 pub use lifecycle::Lifecycle;

@@ -10,7 +10,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownC
 use crate::budget::InflightBudget;
 use crate::error::ServerError;
 use crate::managed::ManagedAuthError;
-use crate::pipeline::{DropReason, Summary};
+use crate::pipeline::{DropReason, RefusalReason, Summary};
 
 /// The original's meter name for the server's instruments.
 pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";
@@ -46,6 +46,8 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     payloads_refused: Counter<u64>,
     open_streams: UpDownCounter<i64>,
+    dead_letters_written: Counter<u64>,
+    dead_letters_failed: Counter<u64>,
 }
 
 impl Metrics {
@@ -101,6 +103,16 @@ impl Metrics {
             open_streams: meter
                 .i64_up_down_counter("telemetry-gateway.record_events.open_streams")
                 .with_description("RecordEvents streams currently open")
+                .build(),
+            dead_letters_written: meter
+                .u64_counter("telemetry-gateway.dead_letters.written")
+                .with_description("Dead letters handed to the dead-letter destination, by reason")
+                .build(),
+            dead_letters_failed: meter
+                .u64_counter("telemetry-gateway.dead_letters.failed")
+                .with_description(
+                    "Dead letters lost, by reason and cause (queue_full, destination, shut_down)",
+                )
                 .build(),
         }
     }
@@ -216,6 +228,23 @@ impl Metrics {
             self.auth_failures
                 .add(1, &[KeyValue::new("reason", reason)]);
         }
+    }
+
+    /// A dead letter reached its destination.
+    pub fn dead_letter_written(&self, reason: RefusalReason) {
+        self.dead_letters_written
+            .add(1, &[KeyValue::new("reason", reason.code())]);
+    }
+
+    /// A dead letter was lost: `cause` is `queue_full`, `destination` or `shut_down`.
+    pub fn dead_letter_failed(&self, reason: RefusalReason, cause: &'static str) {
+        self.dead_letters_failed.add(
+            1,
+            &[
+                KeyValue::new("reason", reason.code()),
+                KeyValue::new("cause", cause),
+            ],
+        );
     }
 
     /// A payload was refused before processing (`memory_budget`, `rate_limit`).

@@ -18,6 +18,9 @@ pub const MAX_EVENT_PAYLOAD_BYTES: usize = 10_000_000;
 /// How much of an oversized event's JSON is logged.
 const OVERSIZED_SNIPPET_BYTES: usize = 512;
 
+/// How the message of an event that cannot be rendered starts (the original's wording).
+pub const RENDER_ERROR_PREFIX: &str = "marshalling event: ";
+
 /// Prefix of numeric metadata keys that announce which private metadata an event carries.
 const RECORDS_PRIVATE_METADATA_PREFIX: &str = "recordsPrivateMetadata";
 
@@ -70,8 +73,10 @@ impl DropReason {
 enum Disposition {
     /// Handed to the sinks as `events[index]`.
     Publish(usize),
-    /// Can never succeed: validation or rendering failed.
+    /// Can never succeed: validation failed.
     Invalid(String),
+    /// Can never succeed: it could not be rendered as JSON.
+    Unrenderable(String),
     /// Acknowledged without publishing.
     Drop(DropReason, String),
     /// Repeats an earlier ID of the same payload: published and acknowledged once.
@@ -89,7 +94,9 @@ impl Disposition {
     /// What an earlier event becomes once a later event with its ID is published.
     fn superseded(self) -> Disposition {
         match self {
-            Disposition::Invalid(error) => Disposition::Superseded(DropReason::Invalid, error),
+            Disposition::Invalid(error) | Disposition::Unrenderable(error) => {
+                Disposition::Superseded(DropReason::Invalid, error)
+            }
             Disposition::Drop(reason, detail) => Disposition::Superseded(reason, detail),
             other => other,
         }
@@ -103,6 +110,9 @@ struct Slot {
     feature: String,
     action: String,
     disposition: Disposition,
+    /// The event itself when the pipeline refused it (invalid, unrenderable, dropped), for
+    /// [`take_refusals`]; it would be freed here otherwise.
+    refused: Option<Box<Event>>,
 }
 
 /// A payload made ready for the sinks.
@@ -188,12 +198,23 @@ pub fn prepare_payload(
             }
             Some(_) => disposition = Disposition::Duplicate,
         }
-        prepared.slots.push(Slot {
-            id: event.id,
-            feature: event.feature,
-            action: event.action,
-            disposition,
-        });
+        let slot = match disposition {
+            Disposition::Publish(_) | Disposition::Duplicate => Slot {
+                id: event.id,
+                feature: event.feature,
+                action: event.action,
+                disposition,
+                refused: None,
+            },
+            _ => Slot {
+                id: event.id.clone(),
+                feature: event.feature.clone(),
+                action: event.action.clone(),
+                disposition,
+                refused: Some(Box::new(event)),
+            },
+        };
+        prepared.slots.push(slot);
     }
     prepared
 }
@@ -213,7 +234,7 @@ pub fn prepare_single(
             let size = sizes.last().copied().unwrap_or_default();
             Ok(Err(oversized_sample(&mut event, size)))
         }
-        Err(Disposition::Invalid(reason)) => Err(reason),
+        Err(Disposition::Invalid(reason) | Disposition::Unrenderable(reason)) => Err(reason),
         Err(other) => Err(format!("unexpected disposition {other:?}")),
     }
 }
@@ -233,7 +254,7 @@ fn prepare_event(
     validate_event(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
     json.clear();
     render_event(event, json)
-        .map_err(|err| Disposition::Invalid(format!("marshalling event: {err}")))?;
+        .map_err(|err| Disposition::Unrenderable(format!("{RENDER_ERROR_PREFIX}{err}")))?;
 
     let metadata = source.metadata_json();
     let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
@@ -263,13 +284,19 @@ fn prepare_event(
 
 /// What the log shows of an oversized event: its identity, its size, and the start of its JSON
 /// rendered without its private metadata. The request metadata (which holds a licensed
-/// instance's license key) is never part of it. Takes the private metadata out of `event`.
+/// instance's license key) is never part of it. `event` is left as it was (its private metadata
+/// is taken out only while it is rendered).
 fn oversized_sample(event: &mut Event, size: usize) -> OversizedSample {
-    if let Some(parameters) = event.parameters.as_mut() {
-        parameters.private_metadata = None;
-    }
+    let private = event
+        .parameters
+        .as_mut()
+        .and_then(|parameters| parameters.private_metadata.take());
     let mut json = Vec::new();
-    let snippet = match render_event(event, &mut json) {
+    let rendered = render_event(event, &mut json);
+    if let Some(parameters) = event.parameters.as_mut() {
+        parameters.private_metadata = private;
+    }
+    let snippet = match rendered {
         Ok(()) => {
             let mut end = json.len().min(OVERSIZED_SNIPPET_BYTES);
             // Cut on a character boundary (UTF-8 continuation bytes are 0b10xx_xxxx).
@@ -326,6 +353,110 @@ pub fn attributes(event: &Event, source: &Source) -> Attributes {
         }
     }
     attributes
+}
+
+/// Why an event was refused for good: the stable code of its dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// It failed validation.
+    Invalid,
+    /// It could not be rendered as JSON.
+    Unrenderable,
+    /// Its payload reached [`MAX_EVENT_PAYLOAD_BYTES`].
+    Oversized,
+    /// An opt-in policy refused it (the sender's license does not allow exporting it).
+    Policy,
+    /// A sink rejected it permanently.
+    Rejected,
+}
+
+impl RefusalReason {
+    /// The stable code written in dead letters and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalReason::Invalid => "invalid",
+            RefusalReason::Unrenderable => "unrenderable",
+            RefusalReason::Oversized => "oversized",
+            RefusalReason::Policy => "policy",
+            RefusalReason::Rejected => "rejected",
+        }
+    }
+
+    /// The reason of a unary event's refusal by [`prepare_single`] (its message).
+    pub fn of_single(message: &str) -> RefusalReason {
+        if message.starts_with(RENDER_ERROR_PREFIX) {
+            RefusalReason::Unrenderable
+        } else {
+            RefusalReason::Invalid
+        }
+    }
+}
+
+/// The refused event: decoded, or (rejected by a sink) as rendered for publishing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefusedEvent {
+    /// Refused by the pipeline: the decoded event (after legacy migration when it got that far).
+    Decoded(Box<Event>),
+    /// Rejected by a sink: the prepared event, whose payload holds the event's JSON.
+    Published(PreparedEvent),
+}
+
+/// An event refused for good, whatever the sender is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The stable reason.
+    pub reason: RefusalReason,
+    /// What went wrong.
+    pub message: String,
+    /// The event.
+    pub event: RefusedEvent,
+}
+
+/// Takes the events of `payload` refused for good, given the sinks' `outcomes` (as for
+/// [`summarize`]), in input order. Duplicates and retryable failures are not refusals.
+pub fn take_refusals(payload: &mut PreparedPayload, outcomes: &[PublishOutcome]) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for slot in &mut payload.slots {
+        let (reason, message) = match &slot.disposition {
+            Disposition::Publish(index) => {
+                if let (Some(PublishOutcome::Permanent(error)), Some(event)) =
+                    (outcomes.get(*index), payload.events.get(*index))
+                {
+                    refusals.push(Refusal {
+                        reason: RefusalReason::Rejected,
+                        message: error.clone(),
+                        event: RefusedEvent::Published(event.clone()),
+                    });
+                }
+                continue;
+            }
+            Disposition::Duplicate => continue,
+            Disposition::Invalid(error) => (RefusalReason::Invalid, error),
+            Disposition::Unrenderable(error) => (RefusalReason::Unrenderable, error),
+            Disposition::Drop(DropReason::Oversized, detail) => (RefusalReason::Oversized, detail),
+            Disposition::Drop(DropReason::Policy, detail) => (RefusalReason::Policy, detail),
+            Disposition::Drop(DropReason::Invalid, detail) => (RefusalReason::Invalid, detail),
+            Disposition::Drop(DropReason::Rejected, detail) => (RefusalReason::Rejected, detail),
+            // Refused, though a later event with its ID was published.
+            Disposition::Superseded(reason, detail) => (
+                match reason {
+                    DropReason::Invalid => RefusalReason::Invalid,
+                    DropReason::Oversized => RefusalReason::Oversized,
+                    DropReason::Policy => RefusalReason::Policy,
+                    DropReason::Rejected => RefusalReason::Rejected,
+                },
+                detail,
+            ),
+        };
+        if let Some(event) = slot.refused.take() {
+            refusals.push(Refusal {
+                reason,
+                message: message.clone(),
+                event: RefusedEvent::Decoded(event),
+            });
+        }
+    }
+    refusals
 }
 
 /// The overall result of a payload, as the original labels it.
@@ -458,7 +589,9 @@ pub fn summarize(
                 });
                 continue;
             }
-            Disposition::Invalid(error) => (error, false, DropReason::Invalid),
+            Disposition::Invalid(error) | Disposition::Unrenderable(error) => {
+                (error, false, DropReason::Invalid)
+            }
             Disposition::Publish(index) => match outcomes.get(index) {
                 Some(PublishOutcome::Delivered) => {
                     summary.succeeded.push(slot.id);

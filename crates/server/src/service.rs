@@ -23,6 +23,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::budget::{InflightBudget, StreamLedger};
+use crate::dead_letter::DeadLetters;
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::limits::LimitViolation;
@@ -31,7 +32,8 @@ use crate::metrics::Metrics;
 use crate::payload_log::{CANCELED, log_oversized, log_summary};
 use crate::pipeline::DropReason;
 use crate::pipeline::{
-    EventPolicy, PreparedPayload, Summary, prepare_payload, prepare_single, summarize,
+    EventPolicy, PreparedPayload, Refusal, RefusalReason, RefusedEvent, Summary, prepare_payload,
+    prepare_single, summarize, take_refusals,
 };
 use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
@@ -54,6 +56,7 @@ pub struct EventGateway {
     metrics: Metrics,
     budget: InflightBudget,
     rate_limiter: Option<RateLimiter>,
+    dead_letters: Option<Arc<DeadLetters>>,
 }
 
 impl EventGateway {
@@ -73,7 +76,19 @@ impl EventGateway {
             metrics: Metrics::global(),
             budget: InflightBudget::unlimited(),
             rate_limiter: None,
+            dead_letters: None,
         }
+    }
+
+    /// Writes every event refused for good to `dead_letters` too (best effort; off by default).
+    pub fn with_dead_letters(mut self, dead_letters: Arc<DeadLetters>) -> EventGateway {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// Where refused events are written, if anywhere.
+    pub fn dead_letters(&self) -> Option<&Arc<DeadLetters>> {
+        self.dead_letters.as_ref()
     }
 
     /// Bounds the bytes of payloads held at once by `budget`.
@@ -239,7 +254,7 @@ impl EventGateway {
         );
         async {
             let started = Instant::now();
-            let prepared = self.prepare(events, source).await;
+            let mut prepared = self.prepare(events, source).await;
             for &size in &prepared.message_sizes {
                 self.metrics.message_rendered(size);
             }
@@ -255,6 +270,12 @@ impl EventGateway {
                     }
                 }
             };
+            // A sender that went away sends the payload again: its refusals are written then.
+            if let Some(dead_letters) = &self.dead_letters
+                && !was_canceled
+            {
+                dead_letters.offer(source, take_refusals(&mut prepared, &outcomes));
+            }
             let summary = summarize(prepared, &outcomes, source);
             let span = tracing::Span::current();
             span.record("result", summary.result.as_str());
@@ -461,11 +482,27 @@ impl EventGateway {
             event.action.clone(),
         );
         let mut sizes = Vec::with_capacity(1);
+        // Kept only to be written as a dead letter if it is refused.
+        let kept = self.dead_letters.as_ref().map(|_| Box::new(event.clone()));
+        let dead_letter = |reason: RefusalReason, message: String, event: RefusedEvent| {
+            if let Some(dead_letters) = &self.dead_letters {
+                let refusal = Refusal {
+                    reason,
+                    message,
+                    event,
+                };
+                dead_letters.offer(&source, vec![refusal]);
+            }
+        };
         let prepared = prepare_single(event, &source, &mut sizes);
         for &size in &sizes {
             self.metrics.message_rendered(size);
         }
         let prepared = prepared.map_err(|reason| {
+            if let Some(event) = kept.clone() {
+                let refused = RefusalReason::of_single(&reason);
+                dead_letter(refused, reason.clone(), RefusedEvent::Decoded(event));
+            }
             // Past identification, as the original counts: an invalid event is a failed call.
             self.metrics
                 .record_event_processed(true, source.publisher_source());
@@ -474,6 +511,14 @@ impl EventGateway {
         let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(oversized) => {
+                if let Some(event) = kept {
+                    let message = format!("event is oversized ({} bytes)", oversized.size);
+                    dead_letter(
+                        RefusalReason::Oversized,
+                        message,
+                        RefusedEvent::Decoded(event),
+                    );
+                }
                 // Deliberately dropped: reported as success, as the original does.
                 log_oversized(&oversized, 1, source.publisher_source());
                 self.metrics
@@ -484,6 +529,13 @@ impl EventGateway {
             }
         };
         let outcome = self.sink.publish(std::slice::from_ref(&prepared)).await;
+        if let Some(PublishOutcome::Permanent(error)) = outcome.first() {
+            dead_letter(
+                RefusalReason::Rejected,
+                error.clone(),
+                RefusedEvent::Published(prepared),
+            );
+        }
         let failed = !matches!(outcome.first(), Some(PublishOutcome::Delivered));
         self.metrics
             .record_event_processed(failed, source.publisher_source());

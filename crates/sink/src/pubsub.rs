@@ -176,7 +176,7 @@ impl PubSubSink {
                 Err(err) => tracing::warn!(
                     topic = %check_topic_name,
                     error = %err,
-                    "the Pub/Sub topic cannot be used yet: events will not be acknowledged until it can"
+                    "the Pub/Sub topic cannot be used yet: nothing published to it is acknowledged until it can"
                 ),
             }
         });
