@@ -38,6 +38,9 @@ pub enum Command {
     CheckConfig,
     /// Send events read as proto3 JSON lines to a gateway and report which were recorded.
     Send(Box<crate::send::SendArgs>),
+    /// Deliver file-sink NDJSON (and dead letters valid under the current rules) to the
+    /// configured Pub/Sub topic and/or BigQuery table, resumably.
+    Replay(Box<crate::replay::ReplayArgs>),
     /// Print the configuration reference (docs/configuration.md) and exit.
     #[command(hide = true)]
     ConfigDocs,

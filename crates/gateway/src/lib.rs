@@ -6,6 +6,7 @@ pub mod config_docs;
 pub mod error_reporting;
 pub mod logging;
 pub mod otlp;
+pub mod replay;
 pub mod send;
 pub mod sinks;
 pub mod telemetry;
@@ -88,6 +89,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     let managed = managed_authorizer(&config.sams).map_err(|err| problems.push(err));
     if let Err(errors) = config.events.selected_sinks() {
         problems.extend(errors);
+    }
+    if let Err(error) = config.dead_letters.destination(&config.events) {
+        problems.push(error);
     }
     match (licenses, managed) {
         (Ok(licenses), Ok(managed)) if problems.problems().is_empty() => {

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig) => return check_config(&parsed),
         Some(Command::Send(args)) => return telemetry_gateway::send::run(*args),
+        Some(Command::Replay(args)) => {
+            return telemetry_gateway::replay::run(*args, parsed.cli.config);
+        }
         Some(Command::Serve) | None => {}
     }
     let config = parsed.cli.config;

@@ -318,14 +318,20 @@ fn build(
     }
 }
 
-/// The `event` member of a published payload `{"event":…,"metadata":…}`, as its JSON text.
-fn event_json_of(payload: &[u8]) -> Option<Vec<u8>> {
-    let rest = payload.strip_prefix(br#"{"event":"#)?;
-    // The event is followed by `,"metadata":` and the metadata object, which has no such key.
+/// The `event` and `metadata` members of a published payload `{"event":…,"metadata":…}` (as
+/// the pipeline writes it), as their JSON texts.
+pub fn payload_parts(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    const METADATA: &[u8] = br#","metadata":"#;
+    let rest = payload.strip_prefix(br#"{"event":"#)?.strip_suffix(b"}")?;
+    // The metadata object holds no such key, so the last occurrence separates the two.
     let at = rest
-        .windows(br#","metadata":"#.len())
-        .rposition(|window| window == br#","metadata":"#)?;
-    Some(rest[..at].to_vec())
+        .windows(METADATA.len())
+        .rposition(|window| window == METADATA)?;
+    Some((&rest[..at], &rest[at + METADATA.len()..]))
+}
+
+fn event_json_of(payload: &[u8]) -> Option<Vec<u8>> {
+    payload_parts(payload).map(|(event, _)| event.to_vec())
 }
 
 /// The stream's metadata as proto3 JSON with the license key fingerprinted, and the fingerprint.
