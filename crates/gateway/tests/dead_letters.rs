@@ -21,7 +21,7 @@ use telemetry_gateway_testkit::fake_bigquery::{FakeBigQuery, InsertReply};
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 use telemetry_gateway_testkit::pubsub_emulator::{PROJECT, PubSubEmulator};
 
-use support::GatewayProcess;
+use support::{GatewayProcess, ndjson_lines};
 
 /// The refused events sent by [`send_every_refusal`], by ID, with their reason.
 const REFUSED: [(&str, &str); 5] = [
@@ -169,37 +169,15 @@ fn expected_acknowledgements() -> Vec<Vec<String>> {
     ]
 }
 
-/// Every line of the NDJSON files under `dir`, parsed.
-fn dir_records(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|path| {
-            std::fs::read_to_string(path)
-                .expect("readable")
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each dead letter is JSON"))
-                .collect::<Vec<Value>>()
-        })
-        .collect()
-}
-
 /// Waits (up to 20 s) until the directory holds `n` dead letters, then a little longer (anything
 /// extra would have arrived by then), and returns them all.
-async fn wait_for_dir_records(dir: &Path, n: usize) -> Vec<Value> {
+async fn wait_for_ndjson_lines(dir: &Path, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while dir_records(dir).len() < n && Instant::now() < deadline {
+    while ndjson_lines(dir).len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    dir_records(dir)
+    ndjson_lines(dir)
 }
 
 /// Exactly one dead letter per refused event, with the right fields.
@@ -300,7 +278,7 @@ async fn each_refusal_writes_one_dead_letter_to_the_directory_and_acknowledgemen
         acknowledged_on, acknowledged_off,
         "dead letters change no acknowledgement"
     );
-    let records = wait_for_dir_records(dead_letter_dir.path(), REFUSED.len()).await;
+    let records = wait_for_ndjson_lines(dead_letter_dir.path(), REFUSED.len()).await;
     check_records(&records, &license_key);
 
     let metrics = telemetry_gateway_testkit::http::get(addr, "/metrics", None)

@@ -36,6 +36,31 @@ fn summary(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// Replays with `--max-lines` `first.0` (expecting the totals `first.1` and a stop), then again
+/// without a limit (expecting the totals `second`); returns the second run.
+fn replay_in_two_runs(
+    env: &[(&str, &str)],
+    args: &[&str],
+    first: (&str, &str),
+    second: &str,
+) -> Output {
+    let mut limited = args.to_vec();
+    limited.extend(["--max-lines", first.0]);
+    let stopped = replay(env, &limited);
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(
+        summary(&stopped),
+        format!(
+            "{}\nstopped after --max-lines {}: run again to resume",
+            first.1, first.0
+        )
+    );
+    let resumed = replay(env, args);
+    assert!(resumed.status.success(), "{resumed:?}");
+    assert_eq!(summary(&resumed), second);
+    resumed
+}
+
 /// Every file of `dir` with its contents, to show that replay leaves input alone.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -156,20 +181,14 @@ async fn file_sink_output_and_valid_dead_letters_replay_into_the_bigquery_table_
         dead_arg,
     ];
 
-    // Interrupted after 25 lines (whole batches: 30).
-    let mut first_args = args.to_vec();
-    first_args.extend(["--max-lines", "25"]);
-    let first = replay(&env, &first_args);
-    assert!(first.status.success(), "{first:?}");
-    assert_eq!(
-        summary(&first),
-        "delivered 30, failed 0, skipped 0\nstopped after --max-lines 25: run again to resume"
+    // Stopped after 25 lines (whole batches: 30), then resumed: the rest, and the dead letters
+    // (one valid again, one still invalid).
+    let second = replay_in_two_runs(
+        &env,
+        &args,
+        ("25", "delivered 30, failed 0, skipped 0"),
+        "delivered 31, failed 0, skipped 1",
     );
-
-    // Resumed: the rest, and the dead letters (one valid again, one still invalid).
-    let second = replay(&env, &args);
-    assert!(second.status.success(), "{second:?}");
-    assert_eq!(summary(&second), "delivered 31, failed 0, skipped 1");
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("resuming at byte"), "{stderr}");
     assert!(stderr.contains("still refused"), "{stderr}");
@@ -263,17 +282,12 @@ async fn file_sink_output_replays_to_pubsub_byte_for_byte_fails_while_the_topic_
 
     emulator.create_topic(&topic).await;
     emulator.create_subscription(&topic).await;
-    let mut first_args = args.to_vec();
-    first_args.extend(["--max-lines", "10"]);
-    let first = replay(&env, &first_args);
-    assert!(first.status.success(), "{first:?}");
-    assert_eq!(
-        summary(&first),
-        "delivered 10, failed 0, skipped 0\nstopped after --max-lines 10: run again to resume"
+    replay_in_two_runs(
+        &env,
+        &args,
+        ("10", "delivered 10, failed 0, skipped 0"),
+        "delivered 20, failed 0, skipped 0",
     );
-    let second = replay(&env, &args);
-    assert!(second.status.success(), "{second:?}");
-    assert_eq!(summary(&second), "delivered 20, failed 0, skipped 0");
 
     let pulled = emulator.pull_all(&topic).await;
     let lines: BTreeSet<Vec<u8>> = std::fs::read_dir(&events_dir)
@@ -310,5 +324,78 @@ fn replay_refuses_to_run_without_a_cloud_sink() {
     assert!(
         stderr.contains("replay delivers to Pub/Sub and/or BigQuery"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_mid_file_resumes_from_its_checkpoint_and_loses_nothing() {
+    use std::io::{BufRead, BufReader};
+
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("replay-kill").await;
+    let source = file_sink_output(200).await;
+    let events_dir = source.dir().join("data/events");
+    let checkpoints = tempfile::tempdir().expect("temp dir");
+    let host = emulator.host();
+    let env = pubsub_env(&host, &topic);
+    let args = [
+        "--checkpoint-dir",
+        checkpoints.path().to_str().expect("UTF-8"),
+        "--batch-lines",
+        "1",
+        events_dir.to_str().expect("UTF-8"),
+    ];
+
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .arg("replay")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in &env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("replay starts");
+    let stderr = BufReader::new(child.stderr.take().expect("piped"));
+    for line in stderr.lines() {
+        let line = line.expect("stderr");
+        if line.contains("delivered 5,") {
+            break;
+        }
+    }
+    // SIGKILL: no chance to finish the batch in hand or write anything more.
+    child.kill().expect("killed");
+    child.wait().expect("exited");
+
+    let resumed = replay(&env, &args);
+    assert!(resumed.status.success(), "{resumed:?}");
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("resuming at byte"), "{stderr}");
+    let delivered: u64 = summary(&resumed)
+        .strip_prefix("delivered ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a summary");
+    // Each one-line batch waits at least the Pub/Sub client's 10 ms batching delay, so the kill
+    // lands well before the 200th.
+    assert!(
+        (1..=195).contains(&delivered),
+        "the rerun resumed what the killed run left: {delivered}"
+    );
+
+    let pulled = emulator.pull_all(&topic).await;
+    let ids: BTreeSet<String> = pulled
+        .iter()
+        .map(|m| {
+            let json: Value = serde_json::from_slice(&m.data).expect("JSON");
+            json["event"]["id"].as_str().expect("an ID").to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 200, "nothing is lost");
+    assert!(
+        pulled.len() <= 201,
+        "at most the batch in hand at the kill is delivered twice: {}",
+        pulled.len()
     );
 }

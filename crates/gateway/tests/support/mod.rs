@@ -144,25 +144,31 @@ impl GatewayProcess {
 
     /// Every line of the file sink's NDJSON files, parsed, files in name order.
     pub fn file_sink_lines(&self) -> Vec<Value> {
-        let Ok(entries) = std::fs::read_dir(self.dir().join("data/events")) else {
-            return Vec::new();
-        };
-        let mut files: Vec<_> = entries
-            .map(|entry| entry.expect("entry").path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|path| {
-                std::fs::read_to_string(path)
-                    .expect("readable")
-                    .lines()
-                    .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-                    .collect::<Vec<Value>>()
-            })
-            .collect()
+        ndjson_lines(&self.dir().join("data/events"))
     }
+}
+
+/// Every line of the `*.ndjson` files in `dir`, parsed, files in name order (none if `dir` does
+/// not exist).
+pub fn ndjson_lines(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "ndjson"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .expect("readable")
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
 }
 
 impl Drop for GatewayProcess {
