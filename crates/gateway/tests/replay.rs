@@ -110,6 +110,7 @@ async fn dead_letters(dir: &Path) {
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "d"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "t"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT", &url),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
         ("TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR", dir_text),
     ]);
     let addr = gateway.address();
@@ -168,6 +169,7 @@ async fn file_sink_output_and_valid_dead_letters_replay_into_the_bigquery_table_
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
             endpoint.as_str(),
         ),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
     ];
     let events_arg = events_dir.to_str().expect("UTF-8");
     let dead_arg = dead_dir.path().to_str().expect("UTF-8");
