@@ -359,9 +359,10 @@ impl StreamLedger {
     }
 }
 
-/// Where the body is in gRPC's length-prefixed framing.
-#[derive(Debug)]
-enum Framing {
+/// Where a request body is in gRPC's length-prefixed framing: a pure parser over bytes that
+/// arrive in chunks of any size (public so that the fuzz targets can drive it, see docs/fuzzing.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
     /// Reading a message header; `have` of its 5 bytes seen so far.
     Header {
         bytes: [u8; HEADER_LEN],
@@ -384,7 +385,7 @@ impl Framing {
     /// Advances over `data` up to the end of the first message header that completes in it.
     /// Returns how many bytes were consumed and, if a header completed, the message's length and
     /// where in `data` the header's bytes begin (0 when it began in an earlier chunk).
-    fn advance(&mut self, data: &[u8]) -> (usize, Option<(usize, usize)>) {
+    pub fn advance(&mut self, data: &[u8]) -> (usize, Option<(usize, usize)>) {
         let mut at = 0;
         while at < data.len() {
             match self {
@@ -416,7 +417,7 @@ impl Framing {
 
     /// Whether the body is inside a message (its header or its bytes), as opposed to between
     /// messages.
-    fn mid_message(&self) -> bool {
+    pub fn mid_message(&self) -> bool {
         match self {
             Framing::Header { have, .. } => *have > 0,
             Framing::Message { .. } => true,
