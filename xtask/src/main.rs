@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`,
-//! `cargo xtask bench`.
+//! `cargo xtask bench`, `cargo xtask fuzz [--seconds N]`.
 //!
 //! Nothing at runtime depends on this crate, and it depends on none of ours: code generation must
 //! work even when the checked-in generated code is stale or broken.
@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Telemetry Gateway project chores")]
@@ -29,6 +30,8 @@ enum Chore {
     },
     /// Benchmark the gateway with the load generator (release build, pinned cores).
     Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets of `fuzz/` (needs cargo-fuzz; see docs/fuzzing.md).
+    Fuzz(fuzz::FuzzArgs),
     /// Regenerate `docs/configuration.md` from the gateway's setting definitions.
     Docs {
         /// Fail if the checked-in document is stale.
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
         Chore::Codegen { check } => codegen(&root, check),
         Chore::Docs { check } => docs(&root, check),
         Chore::Bench(args) => bench::bench(&root, args),
+        Chore::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }
 

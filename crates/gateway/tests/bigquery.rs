@@ -300,3 +300,47 @@ fn the_bigquery_sink_without_its_table_settings_fails_at_start_naming_the_variab
         );
     }
 }
+
+/// A table that drifted from the schema (here a column changed type; BigQuery answers a dropped
+/// column the same way) refuses every row as `invalid`: with the file sink beside it, instance
+/// events must not be acknowledged (and so lost for BigQuery) but retried, and `/-/healthz` must
+/// say what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_drifted_from_the_schema_acknowledges_nothing_and_fails_healthz() {
+    let emulator = BigQueryEmulator::start().await;
+    emulator
+        .create_events_table_with_integer_column("test-project", "telemetry", "events", "feature")
+        .await;
+    let mut gateway = GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            "test-project",
+        ),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
+            &emulator.v2_base_url(),
+        ),
+    ]);
+    let addr = gateway.address();
+
+    let payload = simple_events("drift", 5);
+    let acknowledged = send(addr, &unlicensed_metadata("instance-drift"), &[payload]).await;
+    assert_eq!(
+        acknowledged[0],
+        Vec::<String>::new(),
+        "nothing is acknowledged while the table refuses every row"
+    );
+
+    let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", None)
+        .await
+        .expect("served");
+    assert_eq!(health.status, 500, "{}", health.body);
+    assert!(
+        health.body.contains("does not match the gateway's schema"),
+        "{}",
+        health.body
+    );
+}
