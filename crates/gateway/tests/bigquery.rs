@@ -40,6 +40,20 @@ fn ids(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
+/// The file sink and the BigQuery sink on `test-project.telemetry.events` at `endpoint`.
+fn emulator_env(endpoint: &str) -> [(&'static str, &str); 5] {
+    [
+        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            "test-project",
+        ),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT", endpoint),
+    ]
+}
+
 /// Every NDJSON line the gateway's file sink wrote, by event ID.
 fn file_sink_payloads(gateway: &GatewayProcess) -> BTreeMap<String, Value> {
     gateway
@@ -63,19 +77,7 @@ async fn acknowledged_events_are_rows_of_the_bigquery_emulator_table_once_each()
         .await;
     let before = chrono::Utc::now();
     // File and BigQuery together: the file sink's lines are exactly what was published.
-    let mut gateway = GatewayProcess::start(&[
-        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
-            "test-project",
-        ),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
-            &emulator.v2_base_url(),
-        ),
-    ]);
+    let mut gateway = GatewayProcess::start(&emulator_env(&emulator.v2_base_url()));
     let addr = gateway.address();
     let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", None)
         .await
@@ -311,19 +313,7 @@ async fn a_table_that_drifted_from_the_schema_acknowledges_nothing_and_fails_hea
     emulator
         .create_events_table_with_integer_column("test-project", "telemetry", "events", "feature")
         .await;
-    let mut gateway = GatewayProcess::start(&[
-        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
-            "test-project",
-        ),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
-            &emulator.v2_base_url(),
-        ),
-    ]);
+    let mut gateway = GatewayProcess::start(&emulator_env(&emulator.v2_base_url()));
     let addr = gateway.address();
 
     let payload = simple_events("drift", 5);

@@ -679,8 +679,10 @@ fn assert_complete_ndjson_file(path: &std::path::Path) -> Vec<String> {
     assert_complete_ndjson(dir.path())
 }
 
-#[tokio::test]
-async fn a_failed_rotation_is_retryable_and_leaves_no_file_behind() {
+/// Fills a small file, makes the rotation to a new one fail with `fault`, and checks that the
+/// events are retryable, the full file sealed, no other file left behind, and that the next
+/// publish (fault off) goes into a fresh file.
+async fn assert_a_failed_rotation_leaves_no_file_behind(fault: impl Fn(&FaultInjection, bool)) {
     let dir = TempDir::new().expect("temp dir");
     let faults = FaultInjection::new();
     let config = FileSinkConfig {
@@ -692,15 +694,15 @@ async fn a_failed_rotation_is_retryable_and_leaves_no_file_behind() {
     assert!(all_delivered(&sink.publish(&stored).await));
     let first = sink.current_path().expect("a current file");
 
-    faults.fail_creates(true);
+    fault(&faults, true);
     assert!(all_retryable(&sink.publish(&events("rotated", 3)).await));
     assert!(
         is_sealed(&first),
         "the full file was finished before rotating"
     );
     assert_eq!(event_files(sink.dir()), vec![first.clone()]);
+    fault(&faults, false);
 
-    faults.fail_creates(false);
     let later = events("later", 3);
     assert!(all_delivered(&sink.publish(&later).await));
     sink.shutdown().await.expect("shutdown");
@@ -712,32 +714,14 @@ async fn a_failed_rotation_is_retryable_and_leaves_no_file_behind() {
 }
 
 #[tokio::test]
+async fn a_failed_rotation_is_retryable_and_leaves_no_file_behind() {
+    assert_a_failed_rotation_leaves_no_file_behind(FaultInjection::fail_creates).await;
+}
+
+/// The new file's name cannot be made durable, so the file is not used (and removed).
+#[tokio::test]
 async fn a_failed_directory_fsync_leaves_no_file_behind() {
-    let dir = TempDir::new().expect("temp dir");
-    let faults = FaultInjection::new();
-    let config = FileSinkConfig {
-        max_file_bytes: 200,
-        ..config(&dir)
-    };
-    let sink = FileSink::open_with_faults(config, faults.clone()).expect("open");
-    let stored = events("stored", 2);
-    assert!(all_delivered(&sink.publish(&stored).await));
-    let first = sink.current_path().expect("a current file");
-
-    // The new file's name cannot be made durable: it is not used.
-    faults.fail_dir_syncs(true);
-    assert!(all_retryable(&sink.publish(&events("rotated", 3)).await));
-    assert_eq!(event_files(sink.dir()), vec![first]);
-    faults.fail_dir_syncs(false);
-
-    let later = events("later", 3);
-    assert!(all_delivered(&sink.publish(&later).await));
-    sink.shutdown().await.expect("shutdown");
-    let lines = assert_complete_ndjson(sink.dir());
-    assert_eq!(
-        lines,
-        [lines_of_events(&stored), lines_of_events(&later)].concat()
-    );
+    assert_a_failed_rotation_leaves_no_file_behind(FaultInjection::fail_dir_syncs).await;
 }
 
 #[tokio::test]
