@@ -782,31 +782,31 @@ impl EventsConfig {
                 message: "must be greater than 0".into(),
             });
         }
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let endpoint = set(&self.bigquery_endpoint);
+        let storage_endpoint = set(&self.bigquery_storage_endpoint);
+        let write_api = match self.bigquery_write_api {
+            BigQueryWriteApi::Storage => WriteApi::Storage,
+            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
+        };
+        if write_api == WriteApi::Storage && endpoint.is_some() && storage_endpoint.is_none() {
+            // An emulator for one API and Google's real endpoint for the other would send test
+            // rows to production.
+            problems.push(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+                message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
+                          TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
+                          or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
+                    .into(),
+            });
+        }
         problems.into_result()?;
         let mut config = BigQuerySinkConfig::new(project, dataset, table);
         config.request_timeout =
             std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
-        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
-        config.endpoint = set(&self.bigquery_endpoint);
-        config.storage_endpoint = set(&self.bigquery_storage_endpoint);
-        config.write_api = match self.bigquery_write_api {
-            BigQueryWriteApi::Storage => {
-                if config.endpoint.is_some() && config.storage_endpoint.is_none() {
-                    // An emulator for one API and Google's real endpoint for the other would
-                    // send test rows to production.
-                    return Err(ConfigError::Invalid {
-                        setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
-                        message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
-                                  TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
-                                  or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
-                            .into(),
-                    }
-                    .into());
-                }
-                WriteApi::Storage
-            }
-            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
-        };
+        config.endpoint = endpoint;
+        config.storage_endpoint = storage_endpoint;
+        config.write_api = write_api;
         Ok(config)
     }
 }
