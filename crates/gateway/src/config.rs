@@ -795,7 +795,8 @@ impl EventsConfig {
                                   TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
                                   or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
                             .into(),
-                    });
+                    }
+                    .into());
                 }
                 WriteApi::Storage
             }
