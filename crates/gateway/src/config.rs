@@ -492,7 +492,7 @@ impl RateLimitConfig {
 }
 
 /// How managed services' SAMS tokens are checked.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Managed services")]
 pub struct SamsConfig {
     /// External URL of SAMS (Sourcegraph Accounts), where managed services' tokens are checked.
@@ -518,22 +518,13 @@ pub struct SamsConfig {
         env = "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
         hide_env_values = true
     )]
-    pub sams_client_secret: Option<String>,
-}
+    pub sams_client_secret: Option<Secret>,
 
-// The secret never reaches a log through `{:?}`.
-impl std::fmt::Debug for SamsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SamsConfig")
-            .field("sams_url", &self.sams_url)
-            .field("sams_server_url", &self.sams_server_url)
-            .field("sams_client_id", &self.sams_client_id)
-            .field(
-                "sams_client_secret",
-                &self.sams_client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    /// Most SAMS token checks (introspections of distinct tokens) in progress at once; a check
+    /// that finds none free within 5 s is refused with `Unavailable`, so a flood of made-up
+    /// tokens never becomes a flood against SAMS.
+    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_MAX_CONCURRENT_INTROSPECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub sams_max_concurrent_introspections: u64,
 }
 
 /// The SAMS client credentials, when managed services are enabled.
@@ -553,7 +544,11 @@ impl SamsConfig {
     pub fn credentials(&self) -> Result<Option<SamsCredentials>, ConfigError> {
         let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let api_url = set(&self.sams_server_url).unwrap_or_else(|| self.sams_url.clone());
-        match (set(&self.sams_client_id), set(&self.sams_client_secret)) {
+        let secret = self
+            .sams_client_secret
+            .as_ref()
+            .map(|secret| secret.expose().to_string());
+        match (set(&self.sams_client_id), set(&secret)) {
             (None, None) => Ok(None),
             (Some(client_id), Some(client_secret)) => Ok(Some(SamsCredentials {
                 api_url,

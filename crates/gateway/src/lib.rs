@@ -61,12 +61,14 @@ pub fn managed_authorizer(
     } else {
         "SAMS_URL"
     };
-    let authorizer = SamsAuthorizer::new(SamsClientConfig::new(
+    let mut client = SamsClientConfig::new(
         credentials.api_url,
         credentials.client_id,
         credentials.client_secret,
-    ))
-    .map_err(|err| ConfigError::Invalid {
+    );
+    client.max_concurrent_introspections =
+        usize::try_from(config.sams_max_concurrent_introspections).unwrap_or(usize::MAX);
+    let authorizer = SamsAuthorizer::new(client).map_err(|err| ConfigError::Invalid {
         setting,
         message: format!("{:#}", anyhow::Error::new(err)),
     })?;

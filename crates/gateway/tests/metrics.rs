@@ -629,6 +629,58 @@ fn the_documentation_lists_every_instrument() {
     assert_eq!(documented, built);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authenticated_service_ids_become_labels_and_only_a_hundred_of_them() {
+    let sams = FakeSams::start().await;
+    sams.grant("svc-token", TokenGrant::events_writer());
+    let url = sams.url();
+    let mut gateway = GatewayProcess::start(&with_sams(&url, &[]));
+    let addr = gateway.address();
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let stream = |service: &str, token: &str| {
+        let metadata = managed_metadata(service);
+        let mut request = tonic::Request::new(tokio_stream::iter(messages(
+            &metadata,
+            vec![vec![simple_event("e")]],
+        )));
+        authorize(request.metadata_mut(), token);
+        request
+    };
+
+    // A refused token: its self-declared service ID is nowhere.
+    let refused = telemetry_gateway_testkit::client::record_events_with(
+        &mut client,
+        stream("unauthenticated-svc", "made-up-token"),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // 101 authenticated services: the last is counted as `other`.
+    for i in 0..=100 {
+        telemetry_gateway_testkit::client::record_events_with(
+            &mut client,
+            stream(&format!("svc-{i}"), "svc-token"),
+        )
+        .await
+        .expect("accepted");
+    }
+    let metrics = scrape_when_idle(addr).await;
+    let sources: std::collections::BTreeSet<String> = metrics
+        .samples
+        .iter()
+        .filter_map(|sample| sample.labels.get("source").cloned())
+        .collect();
+    assert!(!sources.contains("unauthenticated-svc"), "{sources:?}");
+    assert!(
+        sources.contains("svc-0") && sources.contains("svc-99"),
+        "{sources:?}"
+    );
+    assert!(!sources.contains("svc-100"), "{sources:?}");
+    assert!(sources.contains("other"), "{sources:?}");
+}
+
 /// Sends `payloads` on one stream opened with `metadata`.
 async fn send(
     client: &mut telemetry_gateway_proto::v1::telemetery_gateway_service_client::TelemeteryGatewayServiceClient<

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +17,45 @@ use crate::lifecycle::Lifecycle;
 
 /// How long `/-/ready` waits for the sink's health while starting.
 const STARTUP_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a `/-/healthz` answer is reused: requests arriving meanwhile do not probe the sink.
+pub const HEALTH_ANSWER_REUSE: Duration = Duration::from_secs(1);
+
+/// The longest `/-/healthz` waits for the sink's own check.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sink health check behind `/-/healthz`, single-flight and reused for
+/// [`HEALTH_ANSWER_REUSE`]: however many requests arrive (it needs no secret by default), at
+/// most one check runs at a time and at most one starts per interval.
+#[derive(Debug, Default)]
+pub struct HealthProbe {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl HealthProbe {
+    /// The sink's health: a recent answer, or a new check once the last is too old.
+    async fn check(&self, sink: &dyn EventSink) -> Result<(), String> {
+        // Requests arriving during a check wait here, then reuse its answer.
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < HEALTH_ANSWER_REUSE
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(HEALTH_TIMEOUT, sink.health()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "the sink health check timed out after {HEALTH_TIMEOUT:?}"
+            )),
+        };
+        if let Err(err) = &answer {
+            tracing::warn!(error = %err, "service reported not healthy");
+        }
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
 
 /// What the diagnostics endpoints need.
 #[derive(Clone)]
@@ -37,6 +76,8 @@ pub struct Diagnostics {
     pub started: Arc<AtomicBool>,
     /// Held by the one probe checking the sink while starting.
     pub startup_check: Arc<tokio::sync::Mutex<()>>,
+    /// The sink check behind `/-/healthz`.
+    pub health: Arc<HealthProbe>,
 }
 
 /// The diagnostics routes.
@@ -119,12 +160,9 @@ async fn healthz(
     {
         return refusal;
     }
-    match diagnostics.sink.health().await {
+    match diagnostics.health.check(diagnostics.sink.as_ref()).await {
         Ok(()) => (StatusCode::OK, "healthz: ok".into()),
-        Err(err) => {
-            tracing::warn!(error = %err, "service reported not healthy");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("healthz: {err}"))
-        }
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("healthz: {err}")),
     }
 }
 

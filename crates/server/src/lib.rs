@@ -144,6 +144,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         budget: gateway.budget().clone(),
         started: Arc::default(),
         startup_check: Arc::default(),
+        health: Arc::default(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)

@@ -31,6 +31,9 @@ pub enum ManagedAuthError {
     /// The caller went away during introspection.
     #[error("request canceled")]
     Canceled,
+    /// Too many token checks were in progress for this one to start in time.
+    #[error("too many token checks in progress; retry later")]
+    Overloaded,
     /// The token is inactive or lacks the required scope.
     #[error("permission denied")]
     PermissionDenied,
@@ -49,6 +52,7 @@ impl ManagedAuthError {
             | ManagedAuthError::NotConfigured(_) => Code::Unauthenticated,
             ManagedAuthError::IntrospectionFailed => Code::Internal,
             ManagedAuthError::Canceled => Code::Cancelled,
+            ManagedAuthError::Overloaded => Code::Unavailable,
             ManagedAuthError::PermissionDenied => Code::PermissionDenied,
         }
     }
@@ -110,6 +114,11 @@ impl ManagedServiceAuthorizer for SamsAuthorizer {
                 introspection
             }
             Err(err) if err.is_canceled() => return Err(ManagedAuthError::Canceled),
+            Err(err) if err.is_overloaded() => {
+                // Load, not a fault: a warning, kept out of Sentry.
+                tracing::warn!(reason = %err, "SAMS token check not attempted");
+                return Err(ManagedAuthError::Overloaded);
+            }
             Err(err) => {
                 tracing::error!(error = %err, "samsClient.IntrospectToken failed");
                 return Err(ManagedAuthError::IntrospectionFailed);
@@ -315,6 +324,11 @@ mod tests {
                 ManagedAuthError::PermissionDenied,
                 Code::PermissionDenied,
                 "permission denied",
+            ),
+            (
+                ManagedAuthError::Overloaded,
+                Code::Unavailable,
+                "too many token checks in progress; retry later",
             ),
         ];
         for (err, code, message) in cases {

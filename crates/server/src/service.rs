@@ -28,7 +28,7 @@ use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::limits::LimitViolation;
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::metrics::Metrics;
-use crate::payload_log::{CANCELED, log_oversized, log_summary};
+use crate::payload_log::{CANCELED, bounded, log_oversized, log_summary};
 use crate::pipeline::DropReason;
 use crate::pipeline::{
     EventPolicy, PreparedPayload, Summary, prepare_payload, prepare_single, summarize,
@@ -39,6 +39,9 @@ use crate::tracing_context::link_sender_trace;
 
 /// Payloads of this many events or more are prepared on the blocking pool.
 const PREPARE_INLINE_EVENTS: usize = 256;
+
+/// Identifiers a sender chose (request, instance and service IDs, URLs) are logged cut to this.
+const MAX_LOGGED_ID_BYTES: usize = 256;
 
 /// A stream taking longer than this is logged as slow (a warning: a sender can hold a stream
 /// open at will, so it is not an error and never reaches Sentry).
@@ -155,9 +158,9 @@ impl EventGateway {
                     )));
                 }
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    instanceID = %licensed.instance_id,
-                    instanceExternalURL = %licensed.external_url,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    instanceID = %bounded(&licensed.instance_id, MAX_LOGGED_ID_BYTES),
+                    instanceExternalURL = %bounded(&licensed.external_url, MAX_LOGGED_ID_BYTES),
                     license.salesforceOpportunityID = ?info.salesforce_opportunity_id,
                     license.salesforceSubscriptionID = ?info.salesforce_subscription_id,
                     license.tags = ?info.tags,
@@ -176,8 +179,8 @@ impl EventGateway {
                     return Err(ServerError::MissingInstanceId);
                 }
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    instanceID = %unlicensed.instance_id,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    instanceID = %bounded(&unlicensed.instance_id, MAX_LOGGED_ID_BYTES),
                     "handling events submission stream for unlicensed instance"
                 );
                 SourceKind::UnlicensedInstance {
@@ -191,9 +194,12 @@ impl EventGateway {
                 }
                 self.managed.authorize(headers).await?;
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    serviceID = %service.service_id,
-                    serviceEnvironment = ?service.service_environment,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    serviceID = %bounded(&service.service_id, MAX_LOGGED_ID_BYTES),
+                    serviceEnvironment = ?service
+                        .service_environment
+                        .as_deref()
+                        .map(|env| bounded(env, MAX_LOGGED_ID_BYTES)),
                     "handling events submission stream for managed service"
                 );
                 SourceKind::ManagedService {
@@ -202,7 +208,7 @@ impl EventGateway {
                 }
             }
             None => {
-                tracing::error!(requestID = %metadata.request_id, "identifier not supported for this RPC");
+                tracing::error!(requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES), "identifier not supported for this RPC");
                 return Err(ServerError::UnsupportedIdentifier);
             }
         };
