@@ -162,3 +162,49 @@ async fn ready_waits_for_the_sink_to_pass_a_health_check_while_starting() {
     let health = get(gateway.addr, "/-/healthz", None).await.expect("served");
     assert_eq!(health.status, 500);
 }
+
+/// A sink whose health check never answers (an unreachable Pub/Sub, say).
+struct UnreachableSink;
+
+#[async_trait::async_trait]
+impl telemetry_gateway_sink::EventSink for UnreachableSink {
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+
+    async fn publish(
+        &self,
+        events: &[telemetry_gateway_sink::PreparedEvent],
+    ) -> Vec<telemetry_gateway_sink::PublishOutcome> {
+        telemetry_gateway_sink::PublishOutcome::all_retryable(events.len(), "unreachable")
+    }
+
+    async fn health(&self) -> Result<(), telemetry_gateway_sink::SinkError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn ready_answers_within_a_second_when_the_sink_does_not_and_live_ignores_the_sink() {
+    let gateway = TestGateway::start_with(Setup {
+        sink: Arc::new(UnreachableSink),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let asked = std::time::Instant::now();
+        let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
+        // The probe's own deadline (Cloud Run and Kubernetes default to 1 s), not a speed target.
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            (ready.status, ready.body.as_str()),
+            (503, "not ready: starting: checking the sink")
+        );
+    }
+    let live = get(gateway.addr, "/-/live", None).await.expect("served");
+    assert_eq!((live.status, live.body.as_str()), (200, "live"));
+}
