@@ -89,6 +89,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     if let Err(errors) = config.events.selected_sinks() {
         problems.extend(errors);
     }
+    if let Err(errors) = logging::LogSettings::from_config(&config.logging, config.server.msp) {
+        problems.extend(errors);
+    }
     match (licenses, managed) {
         (Ok(licenses), Ok(managed)) if problems.problems().is_empty() => {
             Ok(Prepared { licenses, managed })
@@ -179,7 +182,7 @@ pub async fn run(
                 Ok(served) => served,
                 Err(_) => {
                     tracing::error!(
-                        timeout = ?timeout,
+                        timeout_seconds = timeout.as_secs_f64(),
                         "shutdown deadline passed: in-flight payloads abandoned (not acknowledged)"
                     );
                     Ok(())

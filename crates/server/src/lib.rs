@@ -29,6 +29,7 @@ pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod secret;
+pub mod rpc_metrics;
 pub mod service;
 pub mod skim;
 pub mod source;
