@@ -80,6 +80,12 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_address: IpAddr,
 
+    /// Port of its own for `GET /metrics` (Prometheus), so the public port need not expose it;
+    /// then `/metrics` is served only there, even when `MSP` is true. Unset: `/metrics` is on
+    /// `PORT` unless `MSP` is true.
+    #[arg(long, env = "TELEMETRY_GATEWAY_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Bearer secret required by `/-/healthz`; unset means no authentication (logged as a warning).
     #[arg(long, env = "DIAGNOSTICS_SECRET", hide_env_values = true)]
     pub diagnostics_secret: Option<Secret>,

@@ -12,6 +12,7 @@ pub mod telemetry;
 pub mod version;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -157,6 +158,17 @@ pub async fn run(
     );
     tracing::info!(sink = sink.name(), destination = %sink.describe(), "events go to {}", sink.describe());
 
+    let prometheus = match (config.server.metrics_port, prometheus) {
+        (Some(port), Some(registry)) => {
+            serve_metrics(
+                SocketAddr::new(config.server.listen_address, port),
+                registry,
+            )
+            .await?;
+            None
+        }
+        (_, prometheus) => prometheus,
+    };
     let options = ServerOptions {
         max_receive_message_bytes: config.server.max_receive_message_bytes,
         version: version::version().to_string(),
@@ -204,6 +216,23 @@ pub async fn run(
     served?;
     flushed?;
     tracing::info!("telemetry gateway stopped");
+    Ok(())
+}
+
+/// Serves `GET /metrics` on a port of its own (`TELEMETRY_GATEWAY_METRICS_PORT`) until the
+/// process exits: scrapes keep working while the gateway drains.
+async fn serve_metrics(address: SocketAddr, registry: prometheus::Registry) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address} (TELEMETRY_GATEWAY_METRICS_PORT)"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "metrics served at /metrics on their own port");
+    let router = telemetry_gateway_server::diagnostics::metrics_router(registry);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "the metrics server stopped");
+        }
+    });
     Ok(())
 }
 

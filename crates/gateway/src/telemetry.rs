@@ -77,7 +77,7 @@ impl Telemetry {
             let endpoint = otlp::metrics_endpoint(&config.telemetry).unwrap_or_default();
             tracing::info!(endpoint, "metrics go to OTLP at {endpoint}");
         }
-        let prometheus = if config.server.msp {
+        let prometheus = if config.server.msp && config.server.metrics_port.is_none() {
             if !has_otlp {
                 // A meter provider without a reader makes every observable gauge log an error:
                 // with nowhere to send metrics, keep the global no-op meter instead.

@@ -142,3 +142,26 @@ fn the_documentation_lists_every_grpc_instrument() {
     assert_eq!(built.len(), 5, "{built:?}");
     assert_eq!(documented, built);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_have_a_port_of_their_own_even_on_msp() {
+    let mut gateway =
+        GatewayProcess::start(&[("MSP", "true"), ("TELEMETRY_GATEWAY_METRICS_PORT", "0")]);
+    let addr = gateway.address();
+    let line = gateway.wait_for("metrics served at /metrics on their own port");
+    let port: std::net::SocketAddr = line["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("an address field");
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.port()));
+    let metrics = get(metrics_addr, "/metrics", None).await.expect("served");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("process_resident_memory_bytes"),
+        "{}",
+        metrics.body
+    );
+    let public = get(addr, "/metrics", None).await.expect("served");
+    assert_eq!(public.status, 404, "not on the public port");
+    assert!(gateway.terminate().success());
+}

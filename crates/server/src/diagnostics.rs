@@ -57,13 +57,29 @@ pub fn router(diagnostics: Diagnostics) -> Router {
     router.with_state(Arc::new(diagnostics))
 }
 
+/// `/metrics` alone, for a port of its own.
+pub fn metrics_router(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(registry): State<prometheus::Registry>| async move {
+                exposition(Some(&registry))
+            }),
+        )
+        .with_state(registry)
+}
+
 /// The Prometheus text exposition of every registered metric.
 async fn metrics(
     State(diagnostics): State<Arc<Diagnostics>>,
 ) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    let families = diagnostics
-        .prometheus
-        .as_ref()
+    exposition(diagnostics.prometheus.as_ref())
+}
+
+fn exposition(
+    registry: Option<&prometheus::Registry>,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    let families = registry
         .map(prometheus::Registry::gather)
         .unwrap_or_default();
     let mut body = String::new();
