@@ -80,6 +80,12 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_address: IpAddr,
 
+    /// Port of its own for `GET /metrics` (Prometheus), so the public port need not expose it;
+    /// then `/metrics` is served only there, even when `MSP` is true. Unset: `/metrics` is on
+    /// `PORT` unless `MSP` is true.
+    #[arg(long, env = "TELEMETRY_GATEWAY_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Bearer secret required by `/-/healthz`; unset means no authentication (logged as a warning).
     #[arg(long, env = "DIAGNOSTICS_SECRET", hide_env_values = true)]
     pub diagnostics_secret: Option<Secret>,
@@ -88,7 +94,7 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES", default_value_t = 90 * 1024 * 1024)]
     pub max_receive_message_bytes: usize,
 
-    /// Running on the Managed Services Platform: JSON logs by default.
+    /// Running on the Managed Services Platform: `json_gcp` logs by default.
     #[arg(long, env = "MSP", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub msp: bool,
 
@@ -135,17 +141,41 @@ impl ServerConfig {
     }
 }
 
-/// Log output.
+/// Log output, with the settings of Sourcegraph's log library (docs/operations.md#logs).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logging")]
 pub struct LoggingConfig {
-    /// Minimum log level (`error`, `warn`, `info`, `debug`, `trace`) or a tracing filter directive.
+    /// Minimum log level: `debug`, `info`, `warn`, `error` (also the older `dbug`, `eror`,
+    /// `crit`, and `warning`, `trace`); anything else stops the gateway at start-up.
     #[arg(long, env = "SRC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Log format: `json`, or `text` for people; defaults to `json` when `MSP` is true.
+    /// Log format: `json_gcp` (Cloud Logging's fields and trace links; the default when `MSP`
+    /// is true), `json` (Sourcegraph's log fields), or `console` (alias `text`; for people,
+    /// coloured only when stdout is a terminal and `NO_COLOR` is unset; the default otherwise).
     #[arg(long, env = "SRC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Levels per scope, `scope=level,...`: a scope is an `InstrumentationScope` of the logs
+    /// (or its prefix, such as `telemetry_gateway_sink`), or a library (`h2`, `hyper`, `tower`,
+    /// `tonic`), whose debug lines are otherwise left out.
+    #[arg(long, env = "SRC_LOG_SCOPE_LEVEL")]
+    pub log_scope_level: Option<String>,
+
+    /// Identical messages (same level and text) logged in full each second before sampling;
+    /// `0` turns sampling off.
+    #[arg(long, env = "SRC_LOG_SAMPLING_INITIAL", default_value_t = 100)]
+    pub log_sampling_initial: u64,
+
+    /// After `SRC_LOG_SAMPLING_INITIAL` in one second, one identical message in this many is
+    /// logged.
+    #[arg(long, env = "SRC_LOG_SAMPLING_THEREAFTER", default_value_t = 100)]
+    pub log_sampling_thereafter: u64,
+
+    /// Google Cloud project, for `json_gcp` lines' trace links
+    /// (`projects/<project>/traces/<trace ID>`); unset: the bare trace ID.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub google_cloud_project: Option<String>,
 }
 
 /// Metrics, traces and error reports. The OpenTelemetry exporters also read the standard
@@ -182,12 +212,15 @@ pub struct TelemetryConfig {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// One JSON object per line.
+    /// Sourcegraph's JSON with Cloud Logging's `severity`, `message` and trace fields.
+    #[value(name = "json_gcp", alias = "json-gcp")]
+    JsonGcp,
+    /// Sourcegraph's JSON: `Timestamp`, `InstrumentationScope`, `SeverityText`, `Body`,
+    /// `Attributes`, `Resource`, `TraceId`, `SpanId`, `Caller`.
     Json,
     /// Human-readable lines.
-    Text,
-    /// Same as `text` (the original's name for it).
-    Condensed,
+    #[value(alias = "text", alias = "condensed")]
+    Console,
 }
 
 /// Where events go.
@@ -820,12 +853,12 @@ impl LicenseConfig {
 }
 
 impl LoggingConfig {
-    /// The effective format: explicit, else JSON in MSP and text elsewhere.
+    /// The effective format: explicit, else `json_gcp` in MSP and `console` elsewhere.
     pub fn format(&self, msp: bool) -> LogFormat {
         self.log_format.unwrap_or(if msp {
-            LogFormat::Json
+            LogFormat::JsonGcp
         } else {
-            LogFormat::Text
+            LogFormat::Console
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod rpc_metrics;
 pub mod secret;
 pub mod service;
 pub mod skim;

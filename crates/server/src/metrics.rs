@@ -14,6 +14,7 @@ use crate::budget::InflightBudget;
 use crate::error::ServerError;
 use crate::managed::ManagedAuthError;
 use crate::pipeline::{DropReason, Summary};
+use crate::rpc_metrics::RpcMetrics;
 
 /// The original's meter name for the server's instruments.
 pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";
@@ -64,6 +65,7 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     payloads_refused: Counter<u64>,
     open_streams: UpDownCounter<i64>,
+    rpc: RpcMetrics,
 }
 
 impl Metrics {
@@ -121,6 +123,7 @@ impl Metrics {
                 .i64_up_down_counter("telemetry-gateway.record_events.open_streams")
                 .with_description("RecordEvents streams currently open")
                 .build(),
+            rpc: RpcMetrics::new(meter),
         }
     }
 
@@ -170,6 +173,11 @@ impl Metrics {
                 .with_callback(move |observer| observer.observe(limit, &[]))
                 .build(),
         ]
+    }
+
+    /// The standard per-RPC instruments.
+    pub fn rpc(&self) -> &RpcMetrics {
+        &self.rpc
     }
 
     /// A stream opened; the guard counts it as open until dropped.

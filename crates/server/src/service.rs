@@ -34,6 +34,7 @@ use crate::pipeline::{
     EventPolicy, PreparedPayload, Summary, prepare_payload, prepare_single, summarize,
 };
 use crate::rate_limit::RateLimiter;
+use crate::rpc_metrics::RpcMethod;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 use crate::tracing_context::link_sender_trace;
 
@@ -331,7 +332,10 @@ impl EventGateway {
                 }
             };
             let message = match received {
-                Ok(Some(message)) => message,
+                Ok(Some(message)) => {
+                    self.metrics.rpc().received(RpcMethod::RecordEvents);
+                    message
+                }
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(receive_error(status)),
             };
@@ -386,6 +390,7 @@ impl EventGateway {
                         // The sender went away; unacknowledged events will be retried.
                         break Ok(());
                     }
+                    self.metrics.rpc().sent(RpcMethod::RecordEvents);
                 }
             }
         };
@@ -395,6 +400,9 @@ impl EventGateway {
             .stream_ended(total_events, outcome.is_err(), publisher);
         let span = tracing::Span::current();
         let code = outcome.as_ref().map_or_else(Status::code, |()| Code::Ok);
+        self.metrics
+            .rpc()
+            .handled(RpcMethod::RecordEvents, code, duration);
         span.record("rpc.grpc.status_code", code as i32);
         if let Err(status) = &outcome {
             span.record("otel.status_code", "ERROR");
@@ -406,20 +414,20 @@ impl EventGateway {
                 code = ?status.code(),
                 error = status.message(),
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request failed"
             ),
             Ok(()) if duration > SLOW_STREAM => tracing::warn!(
                 source = publisher,
                 reason = "slow request",
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request done"
             ),
             Ok(()) => tracing::info!(
                 source = publisher,
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request done"
             ),
         }
@@ -563,11 +571,13 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<Streaming<RecordEventsRequest>>,
     ) -> Result<Response<Self::RecordEventsStream>, Status> {
-        let work = self
-            .gateway
-            .lifecycle
-            .enter()
-            .ok_or(ServerError::ShuttingDown)?;
+        let rpc = self.gateway.metrics.rpc();
+        rpc.started(RpcMethod::RecordEvents);
+        let Some(work) = self.gateway.lifecycle.enter() else {
+            let status = Status::from(ServerError::ShuttingDown);
+            rpc.handled(RpcMethod::RecordEvents, status.code(), Duration::ZERO);
+            return Err(status);
+        };
         let (headers, extensions, inbound) = request.into_parts();
         let ledger = extensions
             .get::<Arc<StreamLedger>>()
@@ -589,11 +599,15 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<RecordEventRequest>,
     ) -> Result<Response<RecordEventResponse>, Status> {
-        let _work = self
-            .gateway
-            .lifecycle
-            .enter()
-            .ok_or(ServerError::ShuttingDown)?;
+        let started = Instant::now();
+        let rpc = self.gateway.metrics.rpc();
+        rpc.started(RpcMethod::RecordEvent);
+        let Some(_work) = self.gateway.lifecycle.enter() else {
+            let status = Status::from(ServerError::ShuttingDown);
+            rpc.handled(RpcMethod::RecordEvent, status.code(), started.elapsed());
+            return Err(status);
+        };
+        rpc.received(RpcMethod::RecordEvent);
         let (headers, extensions, request) = request.into_parts();
         // Held until the call is answered: the event's share of the memory budget.
         let _reservation = extensions
@@ -606,6 +620,10 @@ impl TelemeteryGatewayService for GrpcService {
             .instrument(span.clone())
             .await;
         let code = result.as_ref().map_or_else(|err| err.code(), |_| Code::Ok);
+        if result.is_ok() {
+            rpc.sent(RpcMethod::RecordEvent);
+        }
+        rpc.handled(RpcMethod::RecordEvent, code, started.elapsed());
         span.record("rpc.grpc.status_code", code as i32);
         if let Err(err) = &result {
             span.record("otel.status_code", "ERROR");

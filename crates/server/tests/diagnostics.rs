@@ -194,6 +194,27 @@ impl EventSink for SlowHealthSink {
     }
 }
 
+/// A sink whose health check never answers (an unreachable Pub/Sub, say).
+struct UnreachableSink;
+
+#[async_trait::async_trait]
+impl telemetry_gateway_sink::EventSink for UnreachableSink {
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+
+    async fn publish(
+        &self,
+        events: &[telemetry_gateway_sink::PreparedEvent],
+    ) -> Vec<telemetry_gateway_sink::PublishOutcome> {
+        telemetry_gateway_sink::PublishOutcome::all_retryable(events.len(), "unreachable")
+    }
+
+    async fn health(&self) -> Result<(), telemetry_gateway_sink::SinkError> {
+        std::future::pending().await
+    }
+}
+
 #[tokio::test]
 async fn a_flood_of_healthz_requests_without_a_secret_checks_the_sink_once() {
     let sink = Arc::new(SlowHealthSink::default());
@@ -224,4 +245,29 @@ async fn a_flood_of_healthz_requests_without_a_secret_checks_the_sink_once() {
         2,
         "an old answer is not reused"
     );
+}
+
+#[tokio::test]
+async fn ready_answers_within_a_second_when_the_sink_does_not_and_live_ignores_the_sink() {
+    let gateway = TestGateway::start_with(Setup {
+        sink: Arc::new(UnreachableSink),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let asked = std::time::Instant::now();
+        let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
+        // The probe's own deadline (Cloud Run and Kubernetes default to 1 s), not a speed target.
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            (ready.status, ready.body.as_str()),
+            (503, "not ready: starting: checking the sink")
+        );
+    }
+    let live = get(gateway.addr, "/-/live", None).await.expect("served");
+    assert_eq!((live.status, live.body.as_str()), (200, "live"));
 }
