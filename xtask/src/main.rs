@@ -1,6 +1,6 @@
 //! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`,
-//! `cargo xtask handbook [--check]`, `cargo xtask bench`; and, as its tests, the checks of the
-//! deployment as code (`deploy_checks.rs`).
+//! `cargo xtask handbook [--check]`, `cargo xtask bench`, `cargo xtask fuzz [--seconds N]`; and,
+//! as its tests, the checks of the deployment as code (`deploy_checks.rs`).
 //!
 //! Nothing at runtime depends on this crate, and it depends on none of ours: code generation must
 //! work even when the checked-in generated code is stale or broken. (Its tests use testkit's PyPI
@@ -16,6 +16,7 @@ mod bench;
 #[cfg(test)]
 mod deploy_checks;
 mod deployment;
+mod fuzz;
 mod handbook;
 
 #[derive(Parser)]
@@ -35,6 +36,8 @@ enum Chore {
     },
     /// Benchmark the gateway with the load generator (release build, pinned cores).
     Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets of `fuzz/` (needs cargo-fuzz; see docs/fuzzing.md).
+    Fuzz(fuzz::FuzzArgs),
     /// Regenerate `docs/configuration.md` from the gateway's setting definitions.
     Docs {
         /// Fail if the checked-in document is stale.
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         Chore::Docs { check } => docs(&root, check),
         Chore::Handbook { check } => handbook::handbook(&root, check),
         Chore::Bench(args) => bench::bench(&root, args),
+        Chore::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }
 

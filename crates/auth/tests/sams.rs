@@ -107,11 +107,14 @@ async fn concurrent_checks_of_one_token_share_one_call() {
     sams.grant("shared", TokenGrant::active(&[WRITE_EVENTS_SCOPE]));
     sams.delay_introspection(Duration::from_millis(200));
     let client = Arc::new(client_for(&sams, |_| {}));
-    let checks = (0..50).map(|_| {
-        let client = client.clone();
-        tokio::spawn(async move { client.introspect("shared").await })
-    });
-    for check in futures_join(checks).await {
+    // Spawned all at once (an iterator of spawns would start each after the previous ended).
+    let checks: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.introspect("shared").await })
+        })
+        .collect();
+    for check in futures_join(checks.into_iter()).await {
         assert!(check.expect("answered").active);
     }
     assert_eq!(sams.introspection_calls(), 1);
@@ -274,6 +277,61 @@ fn the_secret_is_not_in_the_debug_output() {
     let config =
         SamsClientConfig::new("https://accounts.sourcegraph.com", CLIENT_ID, CLIENT_SECRET);
     assert!(!format!("{config:?}").contains(CLIENT_SECRET));
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_tokens_is_introspected_a_few_at_a_time() {
+    let sams = FakeSams::start().await;
+    sams.delay_introspection(Duration::from_millis(100));
+    let client = Arc::new(client_for(&sams, |config| {
+        config.max_concurrent_introspections = 4;
+    }));
+    let checks: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.introspect(&format!("random-{i}")).await })
+        })
+        .collect();
+    for check in futures_join(checks.into_iter()).await {
+        assert!(
+            !check.expect("answered").active,
+            "unknown tokens are inactive"
+        );
+    }
+    assert_eq!(sams.introspection_calls(), 40);
+    assert_eq!(sams.most_concurrent_introspections(), 4);
+    // The negative answers are cached: the same tokens again cost SAMS nothing.
+    for i in 0..40 {
+        client
+            .introspect(&format!("random-{i}"))
+            .await
+            .expect("answered from the cache");
+    }
+    assert_eq!(sams.introspection_calls(), 40);
+}
+
+#[tokio::test]
+async fn a_check_that_finds_no_free_slot_in_time_is_overloaded_and_not_sent() {
+    let sams = FakeSams::start().await;
+    sams.delay_introspection(Duration::from_secs(2));
+    let client = Arc::new(client_for(&sams, |config| {
+        config.max_concurrent_introspections = 1;
+        config.request_timeout = Duration::from_secs(3);
+    }));
+    let checks: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.introspect(&format!("token-{i}")).await })
+        })
+        .collect();
+    let results = futures_join(checks.into_iter()).await;
+    let overloaded = results
+        .iter()
+        .filter(|result| result.as_ref().is_err_and(SamsError::is_overloaded))
+        .count();
+    assert_eq!(overloaded, 1, "{results:?}");
+    assert_eq!(sams.introspection_calls(), 2);
+    assert_eq!(sams.most_concurrent_introspections(), 1);
 }
 
 /// Awaits every task, in order.

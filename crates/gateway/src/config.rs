@@ -85,6 +85,12 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_LISTEN_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub listen_address: IpAddr,
 
+    /// Port of its own for `GET /metrics` (Prometheus), so the public port need not expose it;
+    /// then `/metrics` is served only there, even when `MSP` is true. Unset: `/metrics` is on
+    /// `PORT` unless `MSP` is true.
+    #[arg(long, env = "TELEMETRY_GATEWAY_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Bearer secret required by `/-/healthz`; unset means no authentication (logged as a warning).
     #[arg(long, env = "DIAGNOSTICS_SECRET", hide_env_values = true)]
     pub diagnostics_secret: Option<Secret>,
@@ -93,7 +99,7 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES", default_value_t = 90 * 1024 * 1024)]
     pub max_receive_message_bytes: usize,
 
-    /// Running on the Managed Services Platform: JSON logs by default.
+    /// Running on the Managed Services Platform: `json_gcp` logs by default.
     #[arg(long, env = "MSP", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub msp: bool,
 
@@ -140,17 +146,41 @@ impl ServerConfig {
     }
 }
 
-/// Log output.
+/// Log output, with the settings of Sourcegraph's log library (docs/operations.md#logs).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logging")]
 pub struct LoggingConfig {
-    /// Minimum log level (`error`, `warn`, `info`, `debug`, `trace`) or a tracing filter directive.
+    /// Minimum log level: `debug`, `info`, `warn`, `error` (also the older `dbug`, `eror`,
+    /// `crit`, and `warning`, `trace`); anything else stops the gateway at start-up.
     #[arg(long, env = "SRC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Log format: `json`, or `text` for people; defaults to `json` when `MSP` is true.
+    /// Log format: `json_gcp` (Cloud Logging's fields and trace links; the default when `MSP`
+    /// is true), `json` (Sourcegraph's log fields), or `console` (alias `text`; for people,
+    /// coloured only when stdout is a terminal and `NO_COLOR` is unset; the default otherwise).
     #[arg(long, env = "SRC_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Levels per scope, `scope=level,...`: a scope is an `InstrumentationScope` of the logs
+    /// (or its prefix, such as `telemetry_gateway_sink`), or a library (`h2`, `hyper`, `tower`,
+    /// `tonic`), whose debug lines are otherwise left out.
+    #[arg(long, env = "SRC_LOG_SCOPE_LEVEL")]
+    pub log_scope_level: Option<String>,
+
+    /// Identical messages (same level and text) logged in full each second before sampling;
+    /// `0` turns sampling off.
+    #[arg(long, env = "SRC_LOG_SAMPLING_INITIAL", default_value_t = 100)]
+    pub log_sampling_initial: u64,
+
+    /// After `SRC_LOG_SAMPLING_INITIAL` in one second, one identical message in this many is
+    /// logged.
+    #[arg(long, env = "SRC_LOG_SAMPLING_THEREAFTER", default_value_t = 100)]
+    pub log_sampling_thereafter: u64,
+
+    /// Google Cloud project, for `json_gcp` lines' trace links
+    /// (`projects/<project>/traces/<trace ID>`); unset: the bare trace ID.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub google_cloud_project: Option<String>,
 }
 
 /// Metrics, traces and error reports. The OpenTelemetry exporters also read the standard
@@ -187,12 +217,15 @@ pub struct TelemetryConfig {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// One JSON object per line.
+    /// Sourcegraph's JSON with Cloud Logging's `severity`, `message` and trace fields.
+    #[value(name = "json_gcp", alias = "json-gcp")]
+    JsonGcp,
+    /// Sourcegraph's JSON: `Timestamp`, `InstrumentationScope`, `SeverityText`, `Body`,
+    /// `Attributes`, `Resource`, `TraceId`, `SpanId`, `Caller`.
     Json,
     /// Human-readable lines.
-    Text,
-    /// Same as `text` (the original's name for it).
-    Condensed,
+    #[value(alias = "text", alias = "condensed")]
+    Console,
 }
 
 /// Where events go.
@@ -615,7 +648,7 @@ impl RateLimitConfig {
 }
 
 /// How managed services' SAMS tokens are checked.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Managed services")]
 pub struct SamsConfig {
     /// External URL of SAMS (Sourcegraph Accounts), where managed services' tokens are checked.
@@ -641,22 +674,13 @@ pub struct SamsConfig {
         env = "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
         hide_env_values = true
     )]
-    pub sams_client_secret: Option<String>,
-}
+    pub sams_client_secret: Option<Secret>,
 
-// The secret never reaches a log through `{:?}`.
-impl std::fmt::Debug for SamsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SamsConfig")
-            .field("sams_url", &self.sams_url)
-            .field("sams_server_url", &self.sams_server_url)
-            .field("sams_client_id", &self.sams_client_id)
-            .field(
-                "sams_client_secret",
-                &self.sams_client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    /// Most SAMS token checks (introspections of distinct tokens) in progress at once; a check
+    /// that finds none free within 5 s is refused with `Unavailable`, so a flood of made-up
+    /// tokens never becomes a flood against SAMS.
+    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_MAX_CONCURRENT_INTROSPECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub sams_max_concurrent_introspections: u64,
 }
 
 /// The SAMS client credentials, when managed services are enabled.
@@ -676,7 +700,11 @@ impl SamsConfig {
     pub fn credentials(&self) -> Result<Option<SamsCredentials>, ConfigError> {
         let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let api_url = set(&self.sams_server_url).unwrap_or_else(|| self.sams_url.clone());
-        match (set(&self.sams_client_id), set(&self.sams_client_secret)) {
+        let secret = self
+            .sams_client_secret
+            .as_ref()
+            .map(|secret| secret.expose().to_string());
+        match (set(&self.sams_client_id), set(&secret)) {
             (None, None) => Ok(None),
             (Some(client_id), Some(client_secret)) => Ok(Some(SamsCredentials {
                 api_url,
@@ -905,31 +933,31 @@ impl EventsConfig {
                 message: "must be greater than 0".into(),
             });
         }
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let endpoint = set(&self.bigquery_endpoint);
+        let storage_endpoint = set(&self.bigquery_storage_endpoint);
+        let write_api = match self.bigquery_write_api {
+            BigQueryWriteApi::Storage => WriteApi::Storage,
+            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
+        };
+        if write_api == WriteApi::Storage && endpoint.is_some() && storage_endpoint.is_none() {
+            // An emulator for one API and Google's real endpoint for the other would send test
+            // rows to production.
+            problems.push(ConfigError::Invalid {
+                setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+                message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
+                          TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
+                          or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
+                    .into(),
+            });
+        }
         problems.into_result()?;
         let mut config = BigQuerySinkConfig::new(project, dataset, table);
         config.request_timeout =
             std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
-        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
-        config.endpoint = set(&self.bigquery_endpoint);
-        config.storage_endpoint = set(&self.bigquery_storage_endpoint);
-        config.write_api = match self.bigquery_write_api {
-            BigQueryWriteApi::Storage => {
-                if config.endpoint.is_some() && config.storage_endpoint.is_none() {
-                    // An emulator for one API and Google's real endpoint for the other would
-                    // send test rows to production.
-                    return Err(ConfigError::Invalid {
-                        setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
-                        message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
-                                  TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
-                                  or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
-                            .into(),
-                    }
-                    .into());
-                }
-                WriteApi::Storage
-            }
-            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
-        };
+        config.endpoint = endpoint;
+        config.storage_endpoint = storage_endpoint;
+        config.write_api = write_api;
         Ok(config)
     }
 }
@@ -948,12 +976,12 @@ impl LicenseConfig {
 }
 
 impl LoggingConfig {
-    /// The effective format: explicit, else JSON in MSP and text elsewhere.
+    /// The effective format: explicit, else `json_gcp` in MSP and `console` elsewhere.
     pub fn format(&self, msp: bool) -> LogFormat {
         self.log_format.unwrap_or(if msp {
-            LogFormat::Json
+            LogFormat::JsonGcp
         } else {
-            LogFormat::Text
+            LogFormat::Console
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod telemetry;
 pub mod version;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -62,12 +63,14 @@ pub fn managed_authorizer(
     } else {
         "SAMS_URL"
     };
-    let authorizer = SamsAuthorizer::new(SamsClientConfig::new(
+    let mut client = SamsClientConfig::new(
         credentials.api_url,
         credentials.client_id,
         credentials.client_secret,
-    ))
-    .map_err(|err| ConfigError::Invalid {
+    );
+    client.max_concurrent_introspections =
+        usize::try_from(config.sams_max_concurrent_introspections).unwrap_or(usize::MAX);
+    let authorizer = SamsAuthorizer::new(client).map_err(|err| ConfigError::Invalid {
         setting,
         message: format!("{:#}", anyhow::Error::new(err)),
     })?;
@@ -92,6 +95,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     }
     if let Err(error) = config.dead_letters.destination(&config.events) {
         problems.push(error);
+    }
+    if let Err(errors) = logging::LogSettings::from_config(&config.logging, config.server.msp) {
+        problems.extend(errors);
     }
     match (licenses, managed) {
         (Ok(licenses), Ok(managed)) if problems.problems().is_empty() => {
@@ -163,6 +169,17 @@ pub async fn run(
     );
     tracing::info!(sink = sink.name(), destination = %sink.describe(), "events go to {}", sink.describe());
 
+    let prometheus = match (config.server.metrics_port, prometheus) {
+        (Some(port), Some(registry)) => {
+            serve_metrics(
+                SocketAddr::new(config.server.listen_address, port),
+                registry,
+            )
+            .await?;
+            None
+        }
+        (_, prometheus) => prometheus,
+    };
     let options = ServerOptions {
         max_receive_message_bytes: config.server.max_receive_message_bytes,
         version: version::version().to_string(),
@@ -188,7 +205,7 @@ pub async fn run(
                 Ok(served) => served,
                 Err(_) => {
                     tracing::error!(
-                        timeout = ?timeout,
+                        timeout_seconds = timeout.as_secs_f64(),
                         "shutdown deadline passed: in-flight payloads abandoned (not acknowledged)"
                     );
                     Ok(())
@@ -215,6 +232,23 @@ pub async fn run(
     served?;
     flushed?;
     tracing::info!("telemetry gateway stopped");
+    Ok(())
+}
+
+/// Serves `GET /metrics` on a port of its own (`TELEMETRY_GATEWAY_METRICS_PORT`) until the
+/// process exits: scrapes keep working while the gateway drains.
+async fn serve_metrics(address: SocketAddr, registry: prometheus::Registry) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address} (TELEMETRY_GATEWAY_METRICS_PORT)"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "metrics served at /metrics on their own port");
+    let router = telemetry_gateway_server::diagnostics::metrics_router(registry);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "the metrics server stopped");
+        }
+    });
     Ok(())
 }
 

@@ -3,14 +3,16 @@
 //! "missing events": it shows whether a gateway takes these events from this sender.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use prost_reflect::{DynamicMessage, ReflectMessage};
-use telemetry_gateway_proto::client::{ClientError, ExportReport, Exporter, Sender};
+use telemetry_gateway_proto::client::{
+    ClientError, ExportProgress, ExportReport, Exporter, Sender,
+};
 use telemetry_gateway_proto::v1::Event;
 use telemetry_gateway_proto::{new_event_id, validate_event};
 
@@ -119,9 +121,12 @@ pub enum SendError {
     /// The sender flags do not name exactly one kind of sender.
     #[error("{0}")]
     Sender(&'static str),
-    /// The exporter refused the settings (an `http://` endpoint without `--plaintext`, say).
+    /// An `http://` endpoint without `--plaintext`.
+    #[error("{0}: add --plaintext to send to a plaintext http:// gateway (local gateways only)")]
+    InsecureTarget(ClientError),
+    /// The exporter refused the settings.
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(ClientError),
 }
 
 /// One event read from the input, with its line number and what was filled in.
@@ -140,6 +145,10 @@ pub struct SendSummary {
     pub read: usize,
     /// Payloads sent (stream) or calls made (unary).
     pub calls: usize,
+    /// Responses received from the gateway (stream) or calls answered (unary).
+    pub responses: usize,
+    /// The stream ended because the gateway could not be reached.
+    pub connection_failed: bool,
     /// The request ID of the stream, if one was opened.
     pub request_id: Option<String>,
     /// IDs the gateway acknowledged.
@@ -205,13 +214,25 @@ pub async fn send(args: &SendArgs) -> Result<SendSummary, SendError> {
     if let Some(request_id) = &args.request_id {
         builder = builder.request_id(request_id);
     }
-    let exporter = builder.build()?;
+    let exporter = builder.build().map_err(|err| match err {
+        ClientError::InsecureTarget(_) => SendError::InsecureTarget(err),
+        err => SendError::Client(err),
+    })?;
     let events: Vec<Event> = events.into_iter().map(|input| input.event).collect();
     let read = events.len();
     if args.unary {
         return Ok(send_unary(&exporter, events).await);
     }
-    let report = exporter.export(events).await;
+    let report = if io::stderr().is_terminal() {
+        let display = ProgressDisplay::default();
+        let report = exporter
+            .export_with_progress(events, &|progress| display.show(progress))
+            .await;
+        display.finish();
+        report
+    } else {
+        exporter.export(events).await
+    };
     Ok(summary_of(read, report))
 }
 
@@ -360,20 +381,79 @@ async fn send_unary(exporter: &Exporter, events: Vec<Event>) -> SendSummary {
         let id = event.id.clone();
         summary.calls += 1;
         match exporter.record_event(event).await {
-            Ok(()) => summary.recorded.push(id),
+            Ok(()) => {
+                summary.responses += 1;
+                summary.recorded.push(id);
+            }
             Err(err) => summary.not_recorded.push((id, Some(err.to_string()))),
         }
     }
     summary
 }
 
+/// A one-line progress display on stderr (only when stderr is a terminal), redrawn at most every
+/// 100 ms.
+#[derive(Default)]
+struct ProgressDisplay {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ProgressDisplay {
+    fn show(&self, progress: ExportProgress) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let done = progress.acknowledged >= progress.total;
+        if last.is_some_and(|at| now.duration_since(at) < Duration::from_millis(100)) && !done {
+            return;
+        }
+        *last = Some(now);
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r\x1b[2K{}", progress_line(progress));
+        let _ = stderr.flush();
+    }
+
+    fn finish(&self) {
+        if self.last.lock().is_ok_and(|last| last.is_some()) {
+            eprintln!();
+        }
+    }
+}
+
+/// The progress display's text.
+pub fn progress_line(progress: ExportProgress) -> String {
+    let percent = (progress.acknowledged * 100)
+        .checked_div(progress.total)
+        .unwrap_or(100);
+    format!(
+        "{}/{} event(s) acknowledged ({percent}%), {} payload(s) sent, {} answered",
+        progress.acknowledged, progress.total, progress.payloads, progress.responses
+    )
+}
+
+/// Whether `err` says the gateway could not be reached (rather than that it refused the call).
+fn is_connection_failure(err: &ClientError) -> bool {
+    match err {
+        ClientError::Connect(_) => true,
+        // tonic reports a failed connection as `Unavailable` with the transport error as source.
+        ClientError::Status(status) => {
+            status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
 fn summary_of(read: usize, report: ExportReport) -> SendSummary {
+    let connection_failed = report.error.as_ref().is_some_and(is_connection_failure);
     let error = report
         .error
         .map(|err| format!("request {:?}: {err}", report.request_id));
     SendSummary {
         read,
         calls: report.payloads,
+        responses: report.responses,
+        connection_failed,
         request_id: Some(report.request_id),
         recorded: report.recorded,
         not_recorded: report
@@ -388,6 +468,22 @@ fn summary_of(read: usize, report: ExportReport) -> SendSummary {
 /// The report printed to stdout.
 pub fn render_summary(endpoint: &str, summary: &SendSummary) -> String {
     let mut out = String::new();
+    if let (Some(request_id), Some(error)) = (&summary.request_id, &summary.error)
+        && summary.connection_failed
+        && summary.responses == 0
+        && summary.recorded.is_empty()
+    {
+        // Nothing reached the gateway: not "sent N event(s) in 0 payload(s)".
+        let _ = writeln!(
+            out,
+            "could not send {} event(s) to {endpoint}: the connection failed (request ID {request_id})",
+            summary.read
+        );
+        let _ = writeln!(out, "recorded: 0");
+        let _ = writeln!(out, "not recorded: {}", summary.not_recorded.len());
+        let _ = writeln!(out, "error: {error}");
+        return out;
+    }
     let calls = match &summary.request_id {
         Some(request_id) => format!("{} payload(s), request ID {request_id}", summary.calls),
         None => format!("{} RecordEvent call(s)", summary.calls),
@@ -513,6 +609,8 @@ mod tests {
         let summary = SendSummary {
             read: 3,
             calls: 1,
+            responses: 1,
+            connection_failed: false,
             request_id: Some("req".into()),
             recorded: vec!["a".into()],
             not_recorded: vec![("b".into(), None), ("c".into(), None)],
@@ -524,6 +622,41 @@ mod tests {
              recorded: 1\n\
              not recorded: 2\n  b\n  c\n\
              error: request \"req\": Unavailable: gone\n"
+        );
+    }
+
+    #[test]
+    fn when_nothing_reached_the_gateway_the_summary_says_the_connection_failed() {
+        let summary = SendSummary {
+            read: 2,
+            calls: 1,
+            responses: 0,
+            connection_failed: true,
+            request_id: Some("req".into()),
+            recorded: vec![],
+            not_recorded: vec![("a".into(), None), ("b".into(), None)],
+            error: Some("request \"req\": Unavailable: connection refused".into()),
+        };
+        assert_eq!(
+            render_summary("http://127.0.0.1:1", &summary),
+            "could not send 2 event(s) to http://127.0.0.1:1: the connection failed (request ID req)\n\
+             recorded: 0\n\
+             not recorded: 2\n\
+             error: request \"req\": Unavailable: connection refused\n"
+        );
+    }
+
+    #[test]
+    fn the_progress_line_counts_acknowledged_events() {
+        let progress = ExportProgress {
+            total: 2000,
+            acknowledged: 500,
+            payloads: 3,
+            responses: 1,
+        };
+        assert_eq!(
+            progress_line(progress),
+            "500/2000 event(s) acknowledged (25%), 3 payload(s) sent, 1 answered"
         );
     }
 }

@@ -30,7 +30,7 @@ impl Telemetry {
     /// (and, with an OTLP endpoint for traces, the tracer provider) as the global ones. Must run
     /// inside the Tokio runtime (exporters spawn tasks).
     pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
-        let format = config.logging.format(config.server.msp);
+        let log_settings = logging::LogSettings::from_config(&config.logging, config.server.msp)?;
         // Sentry starts before the first log line, so the runtime's threads inherit its client.
         let sentry = ErrorReporting::init(
             config.telemetry.sentry_dsn.as_ref().map(Secret::expose),
@@ -45,7 +45,7 @@ impl Telemetry {
         };
         let mut extra: Vec<logging::BoxedLayer> = sentry_layer.into_iter().collect();
         extra.extend(traces.as_ref().map(OtlpTraces::layer));
-        logging::init(&config.logging.log_level, format, extra)?;
+        logging::init(&log_settings, extra)?;
         match &sentry {
             Some(sentry) => sentry.log_started(),
             None => tracing::info!("SENTRY_DSN is not set: errors are not reported to Sentry"),
@@ -77,7 +77,7 @@ impl Telemetry {
             let endpoint = otlp::metrics_endpoint(&config.telemetry).unwrap_or_default();
             tracing::info!(endpoint, "metrics go to OTLP at {endpoint}");
         }
-        let prometheus = if config.server.msp {
+        let prometheus = if config.server.msp && config.server.metrics_port.is_none() {
             if !has_otlp {
                 // A meter provider without a reader makes every observable gauge log an error:
                 // with nowhere to send metrics, keep the global no-op meter instead.
@@ -94,6 +94,14 @@ impl Telemetry {
             None
         } else {
             let registry = prometheus::Registry::new();
+            // The process metrics as Prometheus client libraries name them
+            // (`process_resident_memory_bytes`, `process_cpu_seconds_total`, ...).
+            #[cfg(target_os = "linux")]
+            registry
+                .register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ))
+                .context("registering the process metrics")?;
             let exporter = opentelemetry_prometheus::exporter()
                 .with_registry(registry.clone())
                 .build()

@@ -41,6 +41,37 @@ fn ids(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
+/// The file sink and the BigQuery sink on `test-project.telemetry.events` at `endpoint`.
+fn emulator_env(emulator: &BigQueryEmulator, write_api: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery".into()),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API",
+            write_api.into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
+            "test-project".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
+            "telemetry".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
+            "events".into(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
+            emulator.v2_base_url(),
+        ),
+        (
+            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
+            emulator.storage_url(),
+        ),
+    ]
+}
+
 /// Every NDJSON line the gateway's file sink wrote, by event ID.
 fn file_sink_payloads(gateway: &GatewayProcess) -> BTreeMap<String, Value> {
     gateway
@@ -74,24 +105,8 @@ async fn acknowledged_events_are_rows_of_the_emulator_table_once_each(write_api:
         .await;
     let before = chrono::Utc::now();
     // File and BigQuery together: the file sink's lines are exactly what was published.
-    let mut gateway = GatewayProcess::start(&[
-        ("TELEMETRY_GATEWAY_EVENTS_SINKS", "file,bigquery"),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", write_api),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
-            "test-project",
-        ),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
-        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
-            &emulator.v2_base_url(),
-        ),
-        (
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
-            &emulator.storage_url(),
-        ),
-    ]);
+    let env = emulator_env(&emulator, write_api);
+    let mut gateway = GatewayProcess::start(&as_refs(&env));
     let addr = gateway.address();
     let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", None)
         .await
@@ -436,4 +451,37 @@ fn the_bigquery_sink_without_its_table_settings_fails_at_start_naming_the_variab
             "{env:?}: stderr lacks {expected:?}:\n{stderr}"
         );
     }
+}
+
+/// A table that drifted from the schema (here a column changed type; BigQuery answers a dropped
+/// column the same way) refuses every row as `invalid`: with the file sink beside it, instance
+/// events must not be acknowledged (and so lost for BigQuery) but retried, and `/-/healthz` must
+/// say what is wrong. (insertAll: the emulator's Storage Write API does not check column types.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_drifted_from_the_schema_acknowledges_nothing_and_fails_healthz() {
+    let emulator = BigQueryEmulator::start().await;
+    emulator
+        .create_events_table_with_integer_column("test-project", "telemetry", "events", "feature")
+        .await;
+    let env = emulator_env(&emulator, "insert_all");
+    let mut gateway = GatewayProcess::start(&as_refs(&env));
+    let addr = gateway.address();
+
+    let payload = simple_events("drift", 5);
+    let acknowledged = send(addr, &unlicensed_metadata("instance-drift"), &[payload]).await;
+    assert_eq!(
+        acknowledged[0],
+        Vec::<String>::new(),
+        "nothing is acknowledged while the table refuses every row"
+    );
+
+    let health = telemetry_gateway_testkit::http::get(addr, "/-/healthz", None)
+        .await
+        .expect("served");
+    assert_eq!(health.status, 500, "{}", health.body);
+    assert!(
+        health.body.contains("does not match the gateway's schema"),
+        "{}",
+        health.body
+    );
 }

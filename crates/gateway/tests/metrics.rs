@@ -51,6 +51,8 @@ async fn instance_traffic_is_counted_exactly() {
     let mut gateway = GatewayProcess::start(&[
         ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", public_key.as_str()),
         ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "100000000"),
+        // The 10 MB event costs more than half of the budget's held part.
+        ("TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT", "100"),
     ]);
     let addr = gateway.address();
     let mut client = telemetry_gateway_testkit::connect(addr)
@@ -463,8 +465,24 @@ async fn payloads_over_the_rate_limit_are_counted_as_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_over_the_memory_budget_are_counted_as_refused() {
-    // A managed service's stream holds its metadata's share of the budget while SAMS is slow
-    // to answer; with a budget of 64 bytes, that share is all of it.
+    // A managed service's stream holds its metadata's cost while SAMS is slow to answer; the
+    // budget's held part (three quarters of it) cannot fit another sender's metadata beside it.
+    let cost = telemetry_gateway_server::budget::request_cost(
+        &telemetry_gateway_testkit::client::metadata_message(managed_metadata("svc-slow")),
+        0,
+    )
+    .expect("a valid message");
+    // Room for the other sender's metadata only while the holder holds nothing.
+    let other = telemetry_gateway_server::budget::request_cost(
+        &telemetry_gateway_testkit::client::metadata_message(unlicensed_metadata(
+            "instance-waiting",
+        )),
+        0,
+    )
+    .expect("a valid message");
+    let held_part = cost.max(other);
+    let budget = 4 * ((held_part - held_part % 3) / 3) + held_part % 3;
+    let budget_text = budget.to_string();
     let sams = FakeSams::start().await;
     sams.grant("svc-token", TokenGrant::events_writer());
     sams.delay_introspection(Duration::from_secs(60));
@@ -472,8 +490,9 @@ async fn payloads_over_the_memory_budget_are_counted_as_refused() {
     let mut gateway = GatewayProcess::start(&with_sams(
         &url,
         &[
-            ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "64"),
+            ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", &budget_text),
             ("TELEMETRY_GATEWAY_INFLIGHT_WAIT", "100ms"),
+            ("TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT", "100"),
         ],
     ));
     let addr = gateway.address();
@@ -492,13 +511,22 @@ async fn payloads_over_the_memory_budget_are_counted_as_refused() {
     });
     let held = scrape_until(addr, |metrics| {
         metrics.family("telemetry_gateway_inflight_used_bytes")
-            == BTreeMap::from([(String::new(), 64.0)])
+            == BTreeMap::from([(String::new(), cost as f64)])
     })
     .await;
-    held.assert_family("telemetry_gateway_inflight_used_bytes", &[("", 64.0)]);
-    held.assert_family("telemetry_gateway_inflight_limit_bytes", &[("", 64.0)]);
+    held.assert_family(
+        "telemetry_gateway_inflight_used_bytes",
+        &[("", cost as f64)],
+    );
+    held.assert_family(
+        "telemetry_gateway_inflight_limit_bytes",
+        &[("", budget as f64)],
+    );
 
-    let mut client = client;
+    // Another connection: the holder's may not take more than it holds.
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
     let refused = send(
         &mut client,
         &unlicensed_metadata("instance-waiting"),
@@ -569,6 +597,7 @@ fn the_documentation_lists_every_instrument() {
     let mut built: Vec<String> = [
         "crates/server/src/metrics.rs",
         "crates/sink/src/measured.rs",
+        "crates/sink/src/pubsub.rs",
     ]
     .iter()
     .flat_map(|path| {
@@ -598,6 +627,58 @@ fn the_documentation_lists_every_instrument() {
     documented.sort();
     assert!(!built.is_empty(), "no instruments found in the sources");
     assert_eq!(documented, built);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authenticated_service_ids_become_labels_and_only_a_hundred_of_them() {
+    let sams = FakeSams::start().await;
+    sams.grant("svc-token", TokenGrant::events_writer());
+    let url = sams.url();
+    let mut gateway = GatewayProcess::start(&with_sams(&url, &[]));
+    let addr = gateway.address();
+    let mut client = telemetry_gateway_testkit::connect(addr)
+        .await
+        .expect("connect");
+    let stream = |service: &str, token: &str| {
+        let metadata = managed_metadata(service);
+        let mut request = tonic::Request::new(tokio_stream::iter(messages(
+            &metadata,
+            vec![vec![simple_event("e")]],
+        )));
+        authorize(request.metadata_mut(), token);
+        request
+    };
+
+    // A refused token: its self-declared service ID is nowhere.
+    let refused = telemetry_gateway_testkit::client::record_events_with(
+        &mut client,
+        stream("unauthenticated-svc", "made-up-token"),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // 101 authenticated services: the last is counted as `other`.
+    for i in 0..=100 {
+        telemetry_gateway_testkit::client::record_events_with(
+            &mut client,
+            stream(&format!("svc-{i}"), "svc-token"),
+        )
+        .await
+        .expect("accepted");
+    }
+    let metrics = scrape_when_idle(addr).await;
+    let sources: std::collections::BTreeSet<String> = metrics
+        .samples
+        .iter()
+        .filter_map(|sample| sample.labels.get("source").cloned())
+        .collect();
+    assert!(!sources.contains("unauthenticated-svc"), "{sources:?}");
+    assert!(
+        sources.contains("svc-0") && sources.contains("svc-99"),
+        "{sources:?}"
+    );
+    assert!(!sources.contains("svc-100"), "{sources:?}");
+    assert!(sources.contains("other"), "{sources:?}");
 }
 
 /// Sends `payloads` on one stream opened with `metadata`.

@@ -247,7 +247,9 @@ fn a_plaintext_endpoint_needs_the_plaintext_flag() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains(r#"insecure target Telemetry Gateway "http://127.0.0.1:10085""#),
+        stderr.contains(
+            r#"insecure target Telemetry Gateway "http://127.0.0.1:10085": add --plaintext"#
+        ),
         "{stderr}"
     );
 }
@@ -261,4 +263,37 @@ fn a_sender_is_required() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("say who is sending"), "{stderr}");
+}
+
+#[test]
+fn when_no_gateway_answers_the_report_says_the_connection_failed() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let output = send(
+        &[
+            "--endpoint",
+            &endpoint,
+            "--plaintext",
+            "--instance-id",
+            "i",
+            "--timeout",
+            "5",
+            "-",
+        ],
+        "{\"feature\":\"cody\",\"action\":\"chat\"}\n",
+    );
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "could not send 1 event(s) to {endpoint}: the connection failed"
+        )),
+        "{stdout}"
+    );
+    // stderr is not a terminal here: no progress display.
+    assert!(!text(&output.stderr).contains('\r'));
 }

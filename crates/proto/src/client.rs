@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use chunk::{Chunks, MAX_PAYLOAD_BYTES, chunk_events, event_field_len, request_len};
 pub use event::{BuildError, EventBuilder};
-pub use exporter::{ExportReport, Exporter, ExporterBuilder};
+pub use exporter::{ExportProgress, ExportReport, Exporter, ExporterBuilder};
 pub use sender::Sender;
 
 /// What went wrong talking to the gateway.

@@ -1,9 +1,10 @@
-//! HTTP diagnostics on the gRPC port: `/-/version`, `/-/healthz`, `/-/ready` and, when a
-//! Prometheus registry is given, `/metrics`.
+//! HTTP diagnostics on the gRPC port: `/-/version`, `/-/live`, `/-/healthz`, `/-/ready` and,
+//! when a Prometheus registry is given, `/metrics` (docs/operations.md says which probe is for
+//! what).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -15,8 +16,51 @@ use telemetry_gateway_sink::EventSink;
 use crate::budget::InflightBudget;
 use crate::lifecycle::Lifecycle;
 
-/// How long `/-/ready` waits for the sink's health while starting.
+/// How long the sink's health check may take while starting.
 const STARTUP_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/-/ready` waits for that check before answering "starting": probes time out at
+/// 1 s (Cloud Run's and Kubernetes' default), and an unreachable sink must not turn a probe
+/// answer into a probe timeout.
+const READY_ANSWER_WITHIN: Duration = Duration::from_millis(700);
+
+/// How long a `/-/healthz` answer is reused: requests arriving meanwhile do not probe the sink.
+pub const HEALTH_ANSWER_REUSE: Duration = Duration::from_secs(1);
+
+/// The longest `/-/healthz` waits for the sink's own check.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sink health check behind `/-/healthz`, single-flight and reused for
+/// [`HEALTH_ANSWER_REUSE`]: however many requests arrive (it needs no secret by default), at
+/// most one check runs at a time and at most one starts per interval.
+#[derive(Debug, Default)]
+pub struct HealthProbe {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl HealthProbe {
+    /// The sink's health: a recent answer, or a new check once the last is too old.
+    async fn check(&self, sink: &dyn EventSink) -> Result<(), String> {
+        // Requests arriving during a check wait here, then reuse its answer.
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < HEALTH_ANSWER_REUSE
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(HEALTH_TIMEOUT, sink.health()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "the sink health check timed out after {HEALTH_TIMEOUT:?}"
+            )),
+        };
+        if let Err(err) = &answer {
+            tracing::warn!(error = %err, "service reported not healthy");
+        }
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
 
 /// What the diagnostics endpoints need.
 #[derive(Clone)]
@@ -37,12 +81,15 @@ pub struct Diagnostics {
     pub started: Arc<AtomicBool>,
     /// Held by the one probe checking the sink while starting.
     pub startup_check: Arc<tokio::sync::Mutex<()>>,
+    /// The sink check behind `/-/healthz`.
+    pub health: Arc<HealthProbe>,
 }
 
 /// The diagnostics routes.
 pub fn router(diagnostics: Diagnostics) -> Router {
     let mut router = Router::new()
         .route("/-/version", get(version))
+        .route("/-/live", get(live))
         .route("/-/healthz", get(healthz))
         .route("/-/ready", get(ready));
     if diagnostics.prometheus.is_some() {
@@ -51,13 +98,29 @@ pub fn router(diagnostics: Diagnostics) -> Router {
     router.with_state(Arc::new(diagnostics))
 }
 
+/// `/metrics` alone, for a port of its own.
+pub fn metrics_router(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(registry): State<prometheus::Registry>| async move {
+                exposition(Some(&registry))
+            }),
+        )
+        .with_state(registry)
+}
+
 /// The Prometheus text exposition of every registered metric.
 async fn metrics(
     State(diagnostics): State<Arc<Diagnostics>>,
 ) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    let families = diagnostics
-        .prometheus
-        .as_ref()
+    exposition(diagnostics.prometheus.as_ref())
+}
+
+fn exposition(
+    registry: Option<&prometheus::Registry>,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    let families = registry
         .map(prometheus::Registry::gather)
         .unwrap_or_default();
     let mut body = String::new();
@@ -82,6 +145,12 @@ async fn version(State(diagnostics): State<Arc<Diagnostics>>) -> String {
     diagnostics.version.clone()
 }
 
+/// Liveness: the process serves HTTP. It checks nothing else (not the sink, not draining), so
+/// a sink outage or a drain never gets the container restarted. No authentication.
+async fn live() -> &'static str {
+    "live"
+}
+
 /// Ready once started (the sink passed a health check), unless draining or over the memory
 /// budget. No authentication: load balancers probe it.
 async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, String) {
@@ -89,16 +158,10 @@ async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, Stri
     if diagnostics.lifecycle.is_draining() {
         return unavailable("draining".into());
     }
-    if !diagnostics.started.load(Ordering::Relaxed) {
-        // One check at a time: probes arriving meanwhile are told it is under way.
-        let Ok(_checking) = diagnostics.startup_check.try_lock() else {
-            return unavailable("starting: checking the sink".into());
-        };
-        match tokio::time::timeout(STARTUP_HEALTH_TIMEOUT, diagnostics.sink.health()).await {
-            Ok(Ok(())) => diagnostics.started.store(true, Ordering::Relaxed),
-            Ok(Err(err)) => return unavailable(format!("starting: {err}")),
-            Err(_) => return unavailable("starting: the sink health check timed out".into()),
-        }
+    if !diagnostics.started.load(Ordering::Relaxed)
+        && let Err(why) = startup_check(&diagnostics).await
+    {
+        return unavailable(why);
     }
     if diagnostics.budget.is_exhausted() {
         return unavailable(format!(
@@ -110,6 +173,35 @@ async fn ready(State(diagnostics): State<Arc<Diagnostics>>) -> (StatusCode, Stri
     (StatusCode::OK, "ready".into())
 }
 
+/// While starting, checks the sink's health (one check at a time; probes arriving meanwhile are
+/// told it is under way). The check runs in its own task, so a probe answers within
+/// [`READY_ANSWER_WITHIN`] even when the sink does not, and a slow check still completes for the
+/// next probe.
+async fn startup_check(diagnostics: &Arc<Diagnostics>) -> Result<(), String> {
+    let Ok(checking) = diagnostics.startup_check.clone().try_lock_owned() else {
+        return Err("starting: checking the sink".into());
+    };
+    let task = {
+        let diagnostics = diagnostics.clone();
+        tokio::spawn(async move {
+            let _checking = checking;
+            let checked = tokio::time::timeout(STARTUP_HEALTH_TIMEOUT, diagnostics.sink.health())
+                .await
+                .map_err(|_| "the sink health check timed out".to_string())
+                .and_then(|health| health.map_err(|err| err.to_string()));
+            if checked.is_ok() {
+                diagnostics.started.store(true, Ordering::Relaxed);
+            }
+            checked
+        })
+    };
+    match tokio::time::timeout(READY_ANSWER_WITHIN, task).await {
+        Ok(Ok(checked)) => checked.map_err(|why| format!("starting: {why}")),
+        Ok(Err(err)) => Err(format!("starting: the sink health check failed: {err}")),
+        Err(_) => Err("starting: checking the sink".into()),
+    }
+}
+
 async fn healthz(
     State(diagnostics): State<Arc<Diagnostics>>,
     headers: HeaderMap,
@@ -119,12 +211,9 @@ async fn healthz(
     {
         return refusal;
     }
-    match diagnostics.sink.health().await {
+    match diagnostics.health.check(diagnostics.sink.as_ref()).await {
         Ok(()) => (StatusCode::OK, "healthz: ok".into()),
-        Err(err) => {
-            tracing::warn!(error = %err, "service reported not healthy");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("healthz: {err}"))
-        }
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("healthz: {err}")),
     }
 }
 

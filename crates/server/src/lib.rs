@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod rpc_metrics;
 pub mod secret;
 pub mod service;
 pub mod skim;
@@ -146,6 +147,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         budget: gateway.budget().clone(),
         started: Arc::default(),
         startup_check: Arc::default(),
+        health: Arc::default(),
     });
     let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
         .max_decoding_message_size(options.max_receive_message_bytes)

@@ -4,6 +4,9 @@
 //! Prometheus, OTLP, nowhere); [`Metrics::global`] uses the global meter provider, a no-op until
 //! one is installed. `docs/metrics.md` lists every instrument; keep the two in step.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter};
 
@@ -11,6 +14,7 @@ use crate::budget::InflightBudget;
 use crate::error::ServerError;
 use crate::managed::ManagedAuthError;
 use crate::pipeline::{DropReason, RefusalReason, Summary};
+use crate::rpc_metrics::RpcMetrics;
 
 /// The original's meter name for the server's instruments.
 pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";
@@ -33,10 +37,25 @@ const COUNT_BUCKETS: &[f64] = &[
     0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0,
 ];
 
+/// At most this many managed services' IDs become `source` label values; later ones are
+/// counted under [`OTHER_SOURCE`], so the number of time series stays bounded.
+pub const MAX_SERVICE_SOURCE_LABELS: usize = 100;
+
+/// A service ID longer than this is counted under [`OTHER_SOURCE`].
+const MAX_SOURCE_LABEL_BYTES: usize = 64;
+
+/// The `source` label of managed services beyond [`MAX_SERVICE_SOURCE_LABELS`].
+pub const OTHER_SOURCE: &str = "other";
+
+/// `source` label values that are not a sender's choice.
+const FIXED_SOURCES: [&str; 3] = ["licensed_instance", "unlicensed_instance", "invalid"];
+
 /// The gateway's instruments.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     meter: Meter,
+    /// The managed services' IDs admitted as `source` label values.
+    service_sources: Arc<Mutex<HashSet<String>>>,
     total_length: Histogram<u64>,
     payload_length: Histogram<u64>,
     processed_events: Counter<u64>,
@@ -48,6 +67,7 @@ pub struct Metrics {
     open_streams: UpDownCounter<i64>,
     dead_letters_written: Counter<u64>,
     dead_letters_failed: Counter<u64>,
+    rpc: RpcMetrics,
 }
 
 impl Metrics {
@@ -60,6 +80,7 @@ impl Metrics {
     pub fn new(meter: &Meter) -> Metrics {
         Metrics {
             meter: meter.clone(),
+            service_sources: Arc::default(),
             total_length: meter
                 .u64_histogram("telemetry-gateway.record_events.total_length")
                 .with_description("Total number of events in record_events requests")
@@ -114,7 +135,33 @@ impl Metrics {
                     "Dead letters lost, by reason and cause (queue_full, destination, shut_down)",
                 )
                 .build(),
+            rpc: RpcMetrics::new(meter),
         }
+    }
+
+    /// The `source` label for a sender: `source` itself when it is one of the fixed values or an
+    /// admitted service ID, [`OTHER_SOURCE`] once [`MAX_SERVICE_SOURCE_LABELS`] service IDs
+    /// are in use. Only authenticated senders reach the instruments with their service ID (a
+    /// refused stream is `invalid`).
+    pub fn source_label(&self, source: &str) -> KeyValue {
+        if FIXED_SOURCES.contains(&source) {
+            return KeyValue::new("source", source.to_string());
+        }
+        let mut admitted = self
+            .service_sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let label = if admitted.contains(source) {
+            source
+        } else if admitted.len() < MAX_SERVICE_SOURCE_LABELS
+            && source.len() <= MAX_SOURCE_LABEL_BYTES
+        {
+            admitted.insert(source.to_string());
+            source
+        } else {
+            OTHER_SOURCE
+        };
+        KeyValue::new("source", label.to_string())
     }
 
     /// Reports the bytes reserved in `budget` and its limit, whenever metrics are collected.
@@ -140,6 +187,11 @@ impl Metrics {
         ]
     }
 
+    /// The standard per-RPC instruments.
+    pub fn rpc(&self) -> &RpcMetrics {
+        &self.rpc
+    }
+
     /// A stream opened; the guard counts it as open until dropped.
     pub fn stream_opened(&self) -> OpenStream {
         self.open_streams.add(1, &[]);
@@ -152,10 +204,7 @@ impl Metrics {
     pub fn stream_ended(&self, total: usize, failed: bool, source: &str) {
         self.total_length.record(
             total as u64,
-            &[
-                KeyValue::new("error", failed),
-                KeyValue::new("source", source.to_string()),
-            ],
+            &[KeyValue::new("error", failed), self.source_label(source)],
         );
     }
 
@@ -167,7 +216,7 @@ impl Metrics {
     /// A payload was processed.
     pub fn payload_processed(&self, summary: &Summary, source: &str) {
         let result = KeyValue::new("result", summary.result.as_str());
-        let source_kv = KeyValue::new("source", source.to_string());
+        let source_kv = self.source_label(source);
         self.payload_length.record(
             summary.submitted as u64,
             &[result.clone(), source_kv.clone()],
@@ -206,7 +255,7 @@ impl Metrics {
             1,
             &[
                 KeyValue::new("reason", reason.as_str()),
-                KeyValue::new("source", source.to_string()),
+                self.source_label(source),
             ],
         );
     }
@@ -215,10 +264,7 @@ impl Metrics {
     pub fn record_event_processed(&self, failed: bool, source: &str) {
         self.record_event_processed.add(
             1,
-            &[
-                KeyValue::new("error", failed),
-                KeyValue::new("source", source.to_string()),
-            ],
+            &[KeyValue::new("error", failed), self.source_label(source)],
         );
     }
 
@@ -279,10 +325,35 @@ pub fn auth_failure_reason(err: &ServerError) -> Option<&'static str> {
             }
             ManagedAuthError::InvalidTokenHeader(_) => "invalid_token_header",
             ManagedAuthError::IntrospectionFailed => "token_check_failed",
+            ManagedAuthError::Overloaded => "token_check_overloaded",
             ManagedAuthError::PermissionDenied => "permission_denied",
             ManagedAuthError::NotConfigured(_) => "managed_auth_not_configured",
             ManagedAuthError::Canceled => return None,
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(metrics: &Metrics, source: &str) -> String {
+        metrics.source_label(source).value.to_string()
+    }
+
+    #[test]
+    fn service_ids_become_labels_up_to_a_bound_then_other() {
+        let metrics = Metrics::new(&opentelemetry::global::meter("test"));
+        for i in 0..MAX_SERVICE_SOURCE_LABELS {
+            assert_eq!(label(&metrics, &format!("svc-{i}")), format!("svc-{i}"));
+        }
+        assert_eq!(label(&metrics, "one-too-many"), OTHER_SOURCE);
+        assert_eq!(label(&metrics, "svc-0"), "svc-0", "admitted IDs stay");
+        for fixed in FIXED_SOURCES {
+            assert_eq!(label(&metrics, fixed), fixed);
+        }
+        let fresh = Metrics::new(&opentelemetry::global::meter("test"));
+        assert_eq!(label(&fresh, &"x".repeat(65)), OTHER_SOURCE, "too long");
+    }
 }

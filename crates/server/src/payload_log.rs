@@ -71,7 +71,7 @@ pub fn log_summary(summary: &Summary, publisher: &str, duration: Duration, cance
             failed = 0,
             dropped = summary.dropped.len(),
             duplicates = summary.duplicates,
-            ?duration,
+            duration = duration.as_secs_f64(),
             "{}",
             summary.result.message()
         );
@@ -85,7 +85,7 @@ pub fn log_summary(summary: &Summary, publisher: &str, duration: Duration, cance
             submitted = summary.submitted,
             succeeded = summary.succeeded.len(),
             failed = summary.failed.len(),
-            ?duration,
+            duration = duration.as_secs_f64(),
             reason = CANCELED,
             "{}",
             summary.result.message()
@@ -119,7 +119,7 @@ pub fn log_summary(summary: &Summary, publisher: &str, duration: Duration, cance
         failed = summary.failed.len(),
         dropped = summary.dropped.len(),
         duplicates = summary.duplicates,
-        ?duration,
+        duration = duration.as_secs_f64(),
         publishDurationError = (duration > SLOW_PUBLISH).then_some("slow publish"),
         failureKinds = kinds.logged.len() + kinds.unlogged,
         failedIDs = %sample_ids(summary.failed.iter().map(|f| f.id.as_str())),

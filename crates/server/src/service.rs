@@ -29,18 +29,22 @@ use crate::lifecycle::{ActiveWork, Lifecycle};
 use crate::limits::LimitViolation;
 use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
 use crate::metrics::Metrics;
-use crate::payload_log::{CANCELED, log_oversized, log_summary};
+use crate::payload_log::{CANCELED, bounded, log_oversized, log_summary};
 use crate::pipeline::DropReason;
 use crate::pipeline::{
     EventPolicy, PreparedPayload, Refusal, RefusalReason, RefusedEvent, Summary, prepare_payload,
     prepare_single, summarize, take_refusals,
 };
 use crate::rate_limit::RateLimiter;
+use crate::rpc_metrics::RpcMethod;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 use crate::tracing_context::link_sender_trace;
 
 /// Payloads of this many events or more are prepared on the blocking pool.
 const PREPARE_INLINE_EVENTS: usize = 256;
+
+/// Identifiers a sender chose (request, instance and service IDs, URLs) are logged cut to this.
+const MAX_LOGGED_ID_BYTES: usize = 256;
 
 /// A stream taking longer than this is logged as slow (a warning: a sender can hold a stream
 /// open at will, so it is not an error and never reaches Sentry).
@@ -170,9 +174,9 @@ impl EventGateway {
                     )));
                 }
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    instanceID = %licensed.instance_id,
-                    instanceExternalURL = %licensed.external_url,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    instanceID = %bounded(&licensed.instance_id, MAX_LOGGED_ID_BYTES),
+                    instanceExternalURL = %bounded(&licensed.external_url, MAX_LOGGED_ID_BYTES),
                     license.salesforceOpportunityID = ?info.salesforce_opportunity_id,
                     license.salesforceSubscriptionID = ?info.salesforce_subscription_id,
                     license.tags = ?info.tags,
@@ -191,8 +195,8 @@ impl EventGateway {
                     return Err(ServerError::MissingInstanceId);
                 }
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    instanceID = %unlicensed.instance_id,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    instanceID = %bounded(&unlicensed.instance_id, MAX_LOGGED_ID_BYTES),
                     "handling events submission stream for unlicensed instance"
                 );
                 SourceKind::UnlicensedInstance {
@@ -206,9 +210,12 @@ impl EventGateway {
                 }
                 self.managed.authorize(headers).await?;
                 tracing::info!(
-                    requestID = %metadata.request_id,
-                    serviceID = %service.service_id,
-                    serviceEnvironment = ?service.service_environment,
+                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
+                    serviceID = %bounded(&service.service_id, MAX_LOGGED_ID_BYTES),
+                    serviceEnvironment = ?service
+                        .service_environment
+                        .as_deref()
+                        .map(|env| bounded(env, MAX_LOGGED_ID_BYTES)),
                     "handling events submission stream for managed service"
                 );
                 SourceKind::ManagedService {
@@ -217,7 +224,7 @@ impl EventGateway {
                 }
             }
             None => {
-                tracing::error!(requestID = %metadata.request_id, "identifier not supported for this RPC");
+                tracing::error!(requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES), "identifier not supported for this RPC");
                 return Err(ServerError::UnsupportedIdentifier);
             }
         };
@@ -346,7 +353,10 @@ impl EventGateway {
                 }
             };
             let message = match received {
-                Ok(Some(message)) => message,
+                Ok(Some(message)) => {
+                    self.metrics.rpc().received(RpcMethod::RecordEvents);
+                    message
+                }
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(receive_error(status)),
             };
@@ -401,6 +411,7 @@ impl EventGateway {
                         // The sender went away; unacknowledged events will be retried.
                         break Ok(());
                     }
+                    self.metrics.rpc().sent(RpcMethod::RecordEvents);
                 }
             }
         };
@@ -410,6 +421,9 @@ impl EventGateway {
             .stream_ended(total_events, outcome.is_err(), publisher);
         let span = tracing::Span::current();
         let code = outcome.as_ref().map_or_else(Status::code, |()| Code::Ok);
+        self.metrics
+            .rpc()
+            .handled(RpcMethod::RecordEvents, code, duration);
         span.record("rpc.grpc.status_code", code as i32);
         if let Err(status) = &outcome {
             span.record("otel.status_code", "ERROR");
@@ -421,20 +435,20 @@ impl EventGateway {
                 code = ?status.code(),
                 error = status.message(),
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request failed"
             ),
             Ok(()) if duration > SLOW_STREAM => tracing::warn!(
                 source = publisher,
                 reason = "slow request",
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request done"
             ),
             Ok(()) => tracing::info!(
                 source = publisher,
                 events = total_events,
-                ?duration,
+                duration = duration.as_secs_f64(),
                 "request done"
             ),
         }
@@ -609,11 +623,13 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<Streaming<RecordEventsRequest>>,
     ) -> Result<Response<Self::RecordEventsStream>, Status> {
-        let work = self
-            .gateway
-            .lifecycle
-            .enter()
-            .ok_or(ServerError::ShuttingDown)?;
+        let rpc = self.gateway.metrics.rpc();
+        rpc.started(RpcMethod::RecordEvents);
+        let Some(work) = self.gateway.lifecycle.enter() else {
+            let status = Status::from(ServerError::ShuttingDown);
+            rpc.handled(RpcMethod::RecordEvents, status.code(), Duration::ZERO);
+            return Err(status);
+        };
         let (headers, extensions, inbound) = request.into_parts();
         let ledger = extensions
             .get::<Arc<StreamLedger>>()
@@ -635,11 +651,15 @@ impl TelemeteryGatewayService for GrpcService {
         &self,
         request: Request<RecordEventRequest>,
     ) -> Result<Response<RecordEventResponse>, Status> {
-        let _work = self
-            .gateway
-            .lifecycle
-            .enter()
-            .ok_or(ServerError::ShuttingDown)?;
+        let started = Instant::now();
+        let rpc = self.gateway.metrics.rpc();
+        rpc.started(RpcMethod::RecordEvent);
+        let Some(_work) = self.gateway.lifecycle.enter() else {
+            let status = Status::from(ServerError::ShuttingDown);
+            rpc.handled(RpcMethod::RecordEvent, status.code(), started.elapsed());
+            return Err(status);
+        };
+        rpc.received(RpcMethod::RecordEvent);
         let (headers, extensions, request) = request.into_parts();
         // Held until the call is answered: the event's share of the memory budget.
         let _reservation = extensions
@@ -652,6 +672,10 @@ impl TelemeteryGatewayService for GrpcService {
             .instrument(span.clone())
             .await;
         let code = result.as_ref().map_or_else(|err| err.code(), |_| Code::Ok);
+        if result.is_ok() {
+            rpc.sent(RpcMethod::RecordEvent);
+        }
+        rpc.handled(RpcMethod::RecordEvent, code, started.elapsed());
         span.record("rpc.grpc.status_code", code as i32);
         if let Err(err) = &result {
             span.record("otel.status_code", "ERROR");

@@ -3,6 +3,12 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use telemetry_gateway_server::diagnostics::HEALTH_ANSWER_REUSE;
+use telemetry_gateway_sink::{EventSink, PreparedEvent, PublishOutcome, SinkError};
 
 use telemetry_gateway_server::ServerOptions;
 use telemetry_gateway_testkit::RecordingSink;
@@ -76,6 +82,8 @@ async fn healthz_is_open_without_a_secret_and_reports_the_sink() {
     );
 
     sink.set_health(Err("topic does not exist".into()));
+    // A recent answer is reused for a moment.
+    tokio::time::sleep(HEALTH_ANSWER_REUSE + Duration::from_millis(100)).await;
     let unhealthy = get(gateway.addr, "/-/healthz", None).await.expect("served");
     assert_eq!(
         (unhealthy.status, unhealthy.body.as_str()),
@@ -161,4 +169,105 @@ async fn ready_waits_for_the_sink_to_pass_a_health_check_while_starting() {
     assert_eq!(still.status, 200);
     let health = get(gateway.addr, "/-/healthz", None).await.expect("served");
     assert_eq!(health.status, 500);
+}
+
+/// A sink whose health check takes a while and is counted.
+#[derive(Default)]
+struct SlowHealthSink {
+    checks: AtomicUsize,
+}
+
+#[async_trait]
+impl EventSink for SlowHealthSink {
+    fn name(&self) -> &'static str {
+        "slow-health"
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        vec![PublishOutcome::Delivered; events.len()]
+    }
+
+    async fn health(&self) -> Result<(), SinkError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+}
+
+/// A sink whose health check never answers (an unreachable Pub/Sub, say).
+struct UnreachableSink;
+
+#[async_trait::async_trait]
+impl telemetry_gateway_sink::EventSink for UnreachableSink {
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+
+    async fn publish(
+        &self,
+        events: &[telemetry_gateway_sink::PreparedEvent],
+    ) -> Vec<telemetry_gateway_sink::PublishOutcome> {
+        telemetry_gateway_sink::PublishOutcome::all_retryable(events.len(), "unreachable")
+    }
+
+    async fn health(&self) -> Result<(), telemetry_gateway_sink::SinkError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_healthz_requests_without_a_secret_checks_the_sink_once() {
+    let sink = Arc::new(SlowHealthSink::default());
+    let gateway = TestGateway::start_with(Setup {
+        sink: sink.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let requests: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(get(gateway.addr, "/-/healthz", None)))
+        .collect();
+    for request in requests {
+        let response = request.await.expect("joined").expect("served");
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, "healthz: ok")
+        );
+    }
+    assert_eq!(
+        sink.checks.load(Ordering::SeqCst),
+        1,
+        "concurrent requests share one check, and its answer is reused"
+    );
+    tokio::time::sleep(HEALTH_ANSWER_REUSE + Duration::from_millis(100)).await;
+    get(gateway.addr, "/-/healthz", None).await.expect("served");
+    assert_eq!(
+        sink.checks.load(Ordering::SeqCst),
+        2,
+        "an old answer is not reused"
+    );
+}
+
+#[tokio::test]
+async fn ready_answers_within_a_second_when_the_sink_does_not_and_live_ignores_the_sink() {
+    let gateway = TestGateway::start_with(Setup {
+        sink: Arc::new(UnreachableSink),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let asked = std::time::Instant::now();
+        let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
+        // The probe's own deadline (Cloud Run and Kubernetes default to 1 s), not a speed target.
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            (ready.status, ready.body.as_str()),
+            (503, "not ready: starting: checking the sink")
+        );
+    }
+    let live = get(gateway.addr, "/-/live", None).await.expect("served");
+    assert_eq!((live.status, live.body.as_str()), (200, "live"));
 }

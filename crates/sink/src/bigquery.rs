@@ -6,8 +6,10 @@
 //! Either way a batch is cut into requests within the API's limits (rows, 10 MB), sent
 //! concurrently but never more than a fixed number at once per sink, each bounded by a timeout.
 //! BigQuery's answer is mapped row by row (see `outcomes` and `storage_outcomes`): only rows
-//! BigQuery confirms as stored are delivered. The table's schema is
-//! `deploy/bigquery/events.schema.json`; design notes are in `docs/sinks.md`.
+//! BigQuery confirms as stored are delivered. Rows BigQuery refuses because the table no longer
+//! matches the schema are retryable, and the sink reports itself unhealthy until a write goes
+//! through again. The table's schema is `deploy/bigquery/events.schema.json`; design notes are in
+//! `docs/sinks.md`.
 
 mod outcomes;
 mod rows;
@@ -15,7 +17,7 @@ mod storage;
 mod storage_outcomes;
 mod storage_rows;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +127,9 @@ struct InsertAll {
     client: Client,
     config: BigQuerySinkConfig,
     requests: Semaphore,
+    /// The last table-caused row error, until a later insert succeeds: the sink is unhealthy
+    /// meanwhile.
+    schema_mismatch: Mutex<Option<String>>,
 }
 
 /// The access token sent to an endpoint override: emulators accept anything.
@@ -204,6 +209,7 @@ impl InsertAll {
             client,
             requests: Semaphore::new(config.max_concurrent_requests),
             config: config.clone(),
+            schema_mismatch: Mutex::new(None),
         })
     }
 
@@ -233,7 +239,11 @@ impl InsertAll {
             insert_all,
         );
         let outcomes = match tokio::time::timeout(self.config.request_timeout, call).await {
-            Ok(Ok(response)) => outcomes::from_response(count, &response),
+            Ok(Ok(response)) => {
+                let answer = outcomes::from_response(count, &response);
+                self.note_schema(answer.schema_mismatch, &answer.outcomes);
+                answer.outcomes
+            }
             Ok(Err(err)) => {
                 let reason = outcomes::request_error(&err);
                 tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = count, error = %reason, "insertAll failed; the rows will be retried");
@@ -249,6 +259,28 @@ impl InsertAll {
             }
         };
         (request.indices, outcomes)
+    }
+
+    /// Records what one answered request says about the table: a schema mismatch makes the sink
+    /// unhealthy (and is logged once, when it starts); a delivered row makes it healthy again.
+    fn note_schema(&self, mismatch: Option<String>, outcomes: &[PublishOutcome]) {
+        let mut current = self
+            .schema_mismatch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match mismatch {
+            Some(reason) => {
+                if current.is_none() {
+                    tracing::error!(sink = NAME, table = %self.config.table_path(), error = %reason, "the BigQuery table does not match the schema; rows will be retried until it does");
+                }
+                *current = Some(reason);
+            }
+            None if current.is_some() && outcomes.iter().any(PublishOutcome::is_delivered) => {
+                *current = None;
+                tracing::info!(sink = NAME, table = %self.config.table_path(), "the BigQuery table accepts rows again");
+            }
+            None => {}
+        }
     }
 }
 
@@ -316,12 +348,24 @@ impl InsertAll {
             .collect()
     }
 
-    /// Healthy when the table exists and is readable (`tables.get`).
+    /// Healthy when the table exists and is readable (`tables.get`), and its last answered
+    /// insert did not say it no longer matches the schema.
     async fn health(&self) -> Result<(), SinkError> {
         let unhealthy = |message: String| SinkError::Unhealthy {
             sink: NAME,
             message,
         };
+        let mismatch = self
+            .schema_mismatch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(reason) = mismatch {
+            return Err(unhealthy(format!(
+                "table {}: {reason}",
+                self.config.table_path()
+            )));
+        }
         let get = self.client.table().get(
             &self.config.project_id,
             &self.config.dataset_id,

@@ -7,7 +7,13 @@
 //! One dedicated writer thread owns the open file. Publishers queue their batches to it; it takes
 //! everything queued, appends it, syncs once and then answers every waiter (group commit), so
 //! many concurrent streams share each fsync. When a group cannot be made durable, the file is cut
-//! back to its length before the group and every event of the group is reported retryable.
+//! back to its length before the group (and the cut fsynced) and every event of the group is
+//! reported retryable.
+//!
+//! A finished file is sealed (read-only). At start, files left unsealed by a crash are repaired:
+//! cut back to their complete JSON lines (see `segment`). So every file in the directory holds
+//! complete NDJSON lines; after a crash, the last lines of a repaired file may be events whose
+//! senders were not yet answered (they resend them: at least once, de-duplicated by event ID).
 
 mod fault;
 mod segment;
@@ -24,7 +30,7 @@ use async_trait::async_trait;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 #[doc(hidden)]
-pub use self::fault::FaultInjection;
+pub use self::fault::{FaultInjection, Step};
 use self::writer::{Batch, Writer};
 use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
 
@@ -97,9 +103,10 @@ impl Shared {
 }
 
 impl FileSink {
-    /// Creates the directory if needed, starts a new file in it and starts the writer thread.
+    /// Creates the directory if needed, repairs files an earlier run left unfinished, starts a
+    /// new file and starts the writer thread.
     ///
-    /// Files of earlier runs are left as they are; this sink never appends to them.
+    /// Files of earlier runs are otherwise left as they are; this sink never appends to them.
     pub fn open(config: FileSinkConfig) -> Result<FileSink, SinkError> {
         Self::open_with_faults(config, FaultInjection::default())
     }
@@ -122,8 +129,18 @@ impl FileSink {
                 format!("cannot create directory {}: {error}", config.dir.display()),
             )
         })?;
+        let repair = segment::repair(&config.dir, &faults).map_err(|error| {
+            SinkError::config(
+                NAME,
+                format!(
+                    "cannot repair the event files under {}: {error}",
+                    config.dir.display()
+                ),
+            )
+        })?;
+        log_repair(&repair);
         // Creating the first file is the writability check.
-        let first = segment::create(&config.dir).map_err(|error| {
+        let first = segment::create(&config.dir, &faults).map_err(|error| {
             SinkError::config(
                 NAME,
                 format!(
@@ -306,6 +323,24 @@ impl EventSink for FileSink {
                 SinkError::unhealthy(NAME, "the writer thread stopped unexpectedly".to_string())
             }),
         }
+    }
+}
+
+/// Reports what the start-up repair changed: each cut or removal is a warning, since it means
+/// the previous process stopped while writing.
+fn log_repair(repair: &segment::Repair) {
+    for (path, bytes) in &repair.cut {
+        tracing::warn!(sink = NAME, path = %path.display(), bytes, "cut an incomplete tail off an event file left unfinished by an earlier run");
+    }
+    for path in &repair.removed {
+        tracing::warn!(sink = NAME, path = %path.display(), "removed an event file without complete lines left by an earlier run");
+    }
+    if repair.checked > 0 {
+        tracing::info!(
+            sink = NAME,
+            files = repair.checked,
+            "checked and sealed the event files an earlier run left unfinished"
+        );
     }
 }
 

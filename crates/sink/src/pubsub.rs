@@ -8,11 +8,15 @@
 //! ending (an RPC error, the client shutting down, the deadline passing) is
 //! [`PublishOutcome::Retryable`] for that event alone.
 //!
+//! Attributes are first fitted into Pub/Sub's limits ([`attributes`]), so that no sender can
+//! make a request fail for the events of others.
+//!
 //! A publish never takes longer than the configured timeout: events still unacknowledged at the
 //! deadline are reported retryable, so an unreachable Pub/Sub slows senders down instead of
 //! hanging their streams. A message the client sends after the deadline may still be
 //! published; the sender retries it, and downstream de-duplicates by event ID (at least once).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -22,9 +26,18 @@ use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{BasePublisher, Publisher, TopicAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::retry_policy::RetryableErrors;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
 use tokio::time::Instant;
 
-use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{Attributes, EventSink, PreparedEvent, PublishOutcome, SinkError};
+
+pub mod attributes;
+
+pub use attributes::{
+    AttributeFit, MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES,
+    attributes_fit, fit_attributes,
+};
 
 const NAME: &str = "pubsub";
 
@@ -110,6 +123,8 @@ pub struct PubSubSink {
     publisher: Publisher,
     admin: TopicAdmin,
     shut_down: AtomicBool,
+    /// `telemetry-gateway.pubsub.attributes_adjusted`, by `change` (`dropped`, `trimmed`).
+    adjusted: Counter<u64>,
 }
 
 impl PubSubSink {
@@ -189,6 +204,12 @@ impl PubSubSink {
             publisher,
             admin,
             shut_down: AtomicBool::new(false),
+            adjusted: opentelemetry::global::meter(crate::measured::METER_NAME)
+                .u64_counter("telemetry-gateway.pubsub.attributes_adjusted")
+                .with_description(
+                    "Message attributes dropped or trimmed to fit Pub/Sub's limits, by change",
+                )
+                .build(),
         })
     }
 
@@ -197,11 +218,33 @@ impl PubSubSink {
         &self.config
     }
 
+    /// The event's attributes within Pub/Sub's limits, counting and logging what had to change.
+    fn fitted_attributes<'a>(&self, event: &'a PreparedEvent) -> Cow<'a, Attributes> {
+        if attributes_fit(&event.attributes) {
+            return Cow::Borrowed(&event.attributes);
+        }
+        let mut attributes = event.attributes.clone();
+        let fit = fit_attributes(&mut attributes);
+        for (change, count) in [("dropped", fit.dropped), ("trimmed", fit.trimmed)] {
+            if count > 0 {
+                self.adjusted
+                    .add(count as u64, &[KeyValue::new("change", change)]);
+            }
+        }
+        tracing::debug!(
+            eventID = %event.id,
+            dropped = fit.dropped,
+            trimmed = fit.trimmed,
+            "fitted the message attributes into Pub/Sub's limits"
+        );
+        Cow::Owned(attributes)
+    }
+
     /// Publishes one event and waits for its acknowledgement until `deadline`.
     async fn publish_one(&self, event: &PreparedEvent, deadline: Instant) -> PublishOutcome {
         let message = Message::new()
             .set_data(event.payload.clone())
-            .set_attributes(event.attributes.iter());
+            .set_attributes(self.fitted_attributes(event).iter());
         match tokio::time::timeout_at(deadline, self.publisher.publish(message)).await {
             Ok(Ok(_message_id)) => PublishOutcome::Delivered,
             Ok(Err(err)) => PublishOutcome::Retryable(format!("publishing event: {err}")),

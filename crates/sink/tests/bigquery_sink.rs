@@ -352,3 +352,57 @@ async fn missing_table_settings_are_a_configuration_error() {
         .expect("refused");
     assert!(matches!(err, SinkError::Config { .. }), "{err}");
 }
+
+/// What BigQuery answers for every row once a column the gateway writes has been dropped from the
+/// table: `invalid`, located at that column.
+fn no_such_field(column: &str, rows: usize) -> InsertReply {
+    InsertReply::RawInsertErrors(serde_json::Value::Array(
+        (0..rows)
+            .map(|index| {
+                serde_json::json!({"index": index, "errors": [{"reason": "invalid",
+                    "location": column, "debugInfo": "", "message": format!("no such field: {column}.")}]})
+            })
+            .collect(),
+    ))
+}
+
+#[tokio::test]
+async fn rows_refused_because_the_table_lacks_a_column_are_retryable_and_the_sink_unhealthy() {
+    let fake = FakeBigQuery::start().await;
+    fake.push_replies([no_such_field("source", 3)]);
+    let sink = sink(&fake).await;
+
+    let outcomes = sink.publish(&events("drift", 3)).await;
+
+    assert!(
+        outcomes.iter().all(|outcome| matches!(outcome,
+            PublishOutcome::Retryable(reason) if reason.contains("does not match the gateway's schema"))),
+        "{outcomes:?}"
+    );
+    let err = sink
+        .health()
+        .await
+        .expect_err("a table without the schema is unhealthy");
+    assert!(err.to_string().contains("no such field: source."), "{err}");
+
+    // Once the table is repaired, the retried events go in and the sink is healthy again.
+    let outcomes = sink.publish(&events("drift", 3)).await;
+    assert_eq!(outcomes, vec![PublishOutcome::Delivered; 3]);
+    assert!(sink.health().await.is_ok());
+}
+
+#[tokio::test]
+async fn rows_refused_for_their_own_payload_are_permanent_and_the_sink_stays_healthy() {
+    let fake = FakeBigQuery::start().await;
+    fake.push_replies([InsertReply::row_errors(&[1], "invalid")]);
+    let sink = sink(&fake).await;
+
+    let outcomes = sink.publish(&events("own", 2)).await;
+
+    assert_eq!(outcomes[0], PublishOutcome::Delivered);
+    assert!(
+        matches!(&outcomes[1], PublishOutcome::Permanent(_)),
+        "{outcomes:?}"
+    );
+    assert!(sink.health().await.is_ok());
+}

@@ -7,7 +7,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use telemetry_gateway_sink::file::FaultInjection;
+use telemetry_gateway_sink::file::{FaultInjection, Step};
 use telemetry_gateway_sink::{EventSink, FileSink, FileSinkConfig, PublishOutcome, SinkError};
 use tempfile::TempDir;
 
@@ -502,4 +502,266 @@ fn names_and_describes_itself() {
             dir.path().join("events").display()
         )
     );
+}
+
+/// Every event file under `dir` is complete NDJSON: non-empty, each line one JSON value ending
+/// in a newline. Returns the lines of all files, in name order.
+fn assert_complete_ndjson(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for path in event_files(dir) {
+        let bytes = fs::read(&path).expect("read an event file");
+        assert!(
+            !bytes.is_empty() && bytes.ends_with(b"\n"),
+            "{} is empty or ends in a partial line",
+            path.display()
+        );
+        for line in bytes[..bytes.len() - 1].split(|&b| b == b'\n') {
+            let line = std::str::from_utf8(line).expect("UTF-8 line");
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|err| panic!("{}: {err}: {line:?}", path.display()));
+            lines.push(line.to_string());
+        }
+    }
+    lines
+}
+
+fn is_sealed(path: &std::path::Path) -> bool {
+    fs::metadata(path)
+        .expect("an event file")
+        .permissions()
+        .readonly()
+}
+
+fn lines_of_events(events: &[telemetry_gateway_sink::PreparedEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).expect("UTF-8"))
+        .collect()
+}
+
+/// The steps from the last write on.
+fn steps_since_last_write(faults: &FaultInjection) -> Vec<Step> {
+    let steps = faults.steps();
+    let last_write = steps
+        .iter()
+        .rposition(|step| *step == Step::Write)
+        .expect("a write");
+    steps[last_write..].to_vec()
+}
+
+#[tokio::test]
+async fn a_failed_write_is_cut_back_and_the_cut_made_durable_before_the_next_write() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    let stored = events("stored", 2);
+    assert!(all_delivered(&sink.publish(&stored).await));
+
+    faults.fail_writes(true);
+    assert!(all_retryable(&sink.publish(&events("failed", 3)).await));
+    assert_eq!(
+        steps_since_last_write(&faults),
+        vec![Step::Write, Step::Truncate, Step::Sync]
+    );
+    faults.fail_writes(false);
+    let later = events("later", 2);
+    assert!(all_delivered(&sink.publish(&later).await));
+    sink.shutdown().await.expect("shutdown");
+
+    let lines = assert_complete_ndjson(sink.dir());
+    assert_eq!(
+        lines,
+        [lines_of_events(&stored), lines_of_events(&later)].concat()
+    );
+    assert!(sink.files().iter().all(|path| is_sealed(path)));
+}
+
+#[tokio::test]
+async fn a_failed_fsync_is_cut_back_durably_and_the_file_sealed() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    let stored = events("stored", 2);
+    assert!(all_delivered(&sink.publish(&stored).await));
+    let first = sink.current_path().expect("a current file");
+
+    faults.fail_next_syncs(1);
+    assert!(all_retryable(&sink.publish(&events("failed", 2)).await));
+    assert_eq!(
+        steps_since_last_write(&faults),
+        vec![Step::Write, Step::Sync, Step::Truncate, Step::Sync]
+    );
+    assert!(
+        is_sealed(&first),
+        "nothing more goes into a file whose fsync failed"
+    );
+    assert_eq!(fs::read(&first).expect("first file"), lines_of(&stored));
+
+    let later = events("later", 2);
+    assert!(all_delivered(&sink.publish(&later).await));
+    sink.shutdown().await.expect("shutdown");
+    let lines = assert_complete_ndjson(sink.dir());
+    assert_eq!(
+        lines,
+        [lines_of_events(&stored), lines_of_events(&later)].concat()
+    );
+}
+
+#[tokio::test]
+async fn a_cut_that_cannot_be_made_durable_leaves_the_file_to_the_next_start() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    let stored = events("stored", 2);
+    assert!(all_delivered(&sink.publish(&stored).await));
+    let first = sink.current_path().expect("a current file");
+
+    // Every fsync fails: neither the group nor its cut is durable.
+    faults.fail_syncs(true);
+    assert!(all_retryable(&sink.publish(&events("failed", 2)).await));
+    assert!(!is_sealed(&first), "an uncertain file is not sealed");
+    assert_eq!(sink.current_path(), None);
+    faults.fail_syncs(false);
+    sink.shutdown().await.expect("shutdown");
+
+    let reopened = open(&dir);
+    assert!(is_sealed(&first), "checked and sealed at start");
+    assert_eq!(fs::read(&first).expect("first file"), lines_of(&stored));
+    reopened.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_failed_truncate_leaves_a_torn_tail_that_the_next_start_cuts_off() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    let stored = events("stored", 2);
+    assert!(all_delivered(&sink.publish(&stored).await));
+    let first = sink.current_path().expect("a current file");
+
+    // Half of the batch reaches the file and it cannot be cut back.
+    faults.fail_writes(true);
+    faults.fail_truncates(true);
+    let failed = events("failed", 4);
+    assert!(all_retryable(&sink.publish(&failed).await));
+    faults.fail_writes(false);
+    faults.fail_truncates(false);
+    assert!(!is_sealed(&first));
+    let later = events("later", 2);
+    assert!(all_delivered(&sink.publish(&later).await));
+    assert_ne!(
+        sink.current_path().as_ref(),
+        Some(&first),
+        "the torn file is given up"
+    );
+    sink.shutdown().await.expect("shutdown");
+
+    let reopened = open(&dir);
+    reopened.shutdown().await.expect("shutdown");
+    let lines = assert_complete_ndjson(&dir.path().join("events"));
+    // The documented tail: complete lines of unacknowledged events may follow the acknowledged
+    // ones in the repaired file (their senders resend them); the torn line is gone.
+    let first_lines = assert_complete_ndjson_file(&first);
+    assert_eq!(first_lines[..2], lines_of_events(&stored)[..]);
+    let failed_lines = lines_of_events(&failed);
+    assert!(
+        first_lines[2..]
+            .iter()
+            .all(|line| failed_lines.contains(line))
+    );
+    assert!(
+        first_lines.len() < 2 + failed.len(),
+        "the torn line was cut"
+    );
+    assert!(lines.ends_with(&lines_of_events(&later)));
+    assert!(is_sealed(&first));
+}
+
+fn assert_complete_ndjson_file(path: &std::path::Path) -> Vec<String> {
+    let dir = TempDir::new().expect("temp dir");
+    fs::copy(path, dir.path().join("events-copy.ndjson")).expect("copy");
+    assert_complete_ndjson(dir.path())
+}
+
+/// Fills a small file, makes the rotation to a new one fail with `fault`, and checks that the
+/// events are retryable, the full file sealed, no other file left behind, and that the next
+/// publish (fault off) goes into a fresh file.
+async fn assert_a_failed_rotation_leaves_no_file_behind(fault: impl Fn(&FaultInjection, bool)) {
+    let dir = TempDir::new().expect("temp dir");
+    let faults = FaultInjection::new();
+    let config = FileSinkConfig {
+        max_file_bytes: 200,
+        ..config(&dir)
+    };
+    let sink = FileSink::open_with_faults(config, faults.clone()).expect("open");
+    let stored = events("stored", 2);
+    assert!(all_delivered(&sink.publish(&stored).await));
+    let first = sink.current_path().expect("a current file");
+
+    fault(&faults, true);
+    assert!(all_retryable(&sink.publish(&events("rotated", 3)).await));
+    assert!(
+        is_sealed(&first),
+        "the full file was finished before rotating"
+    );
+    assert_eq!(event_files(sink.dir()), vec![first.clone()]);
+    fault(&faults, false);
+
+    let later = events("later", 3);
+    assert!(all_delivered(&sink.publish(&later).await));
+    sink.shutdown().await.expect("shutdown");
+    let lines = assert_complete_ndjson(sink.dir());
+    assert_eq!(
+        lines,
+        [lines_of_events(&stored), lines_of_events(&later)].concat()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rotation_is_retryable_and_leaves_no_file_behind() {
+    assert_a_failed_rotation_leaves_no_file_behind(FaultInjection::fail_creates).await;
+}
+
+/// The new file's name cannot be made durable, so the file is not used (and removed).
+#[tokio::test]
+async fn a_failed_directory_fsync_leaves_no_file_behind() {
+    assert_a_failed_rotation_leaves_no_file_behind(FaultInjection::fail_dir_syncs).await;
+}
+
+#[tokio::test]
+async fn files_left_unfinished_by_a_crash_are_repaired_at_start() {
+    let dir = TempDir::new().expect("temp dir");
+    let events_dir = dir.path().join("events");
+    fs::create_dir_all(&events_dir).expect("mkdir");
+    let good = "{\"event\":{\"id\":\"a\"}}\n{\"event\":{\"id\":\"b\"}}\n";
+    // A crash during a write: a partial last line.
+    let torn = events_dir.join("events-20260101T000000Z-1-000001.ndjson");
+    fs::write(&torn, format!("{good}{{\"event\":{{\"id\":\"c")).expect("write");
+    // A crash before an fsync: the file grew, but a block of its tail never reached the disk.
+    let holed = events_dir.join("events-20260101T000000Z-1-000002.ndjson");
+    let mut bytes = good.as_bytes().to_vec();
+    bytes.extend(std::iter::repeat_n(0u8, 4096));
+    bytes.extend_from_slice(b"{\"event\":{\"id\":\"d\"}}\n");
+    fs::write(&holed, bytes).expect("write");
+    // A crash right after creating a file.
+    let empty = events_dir.join("events-20260101T000000Z-1-000003.ndjson");
+    fs::write(&empty, b"").expect("write");
+    // A file finished cleanly is sealed and never read again.
+    let sealed = events_dir.join("events-20260101T000000Z-1-000004.ndjson");
+    fs::write(&sealed, good).expect("write");
+    let mut permissions = fs::metadata(&sealed).expect("meta").permissions();
+    permissions.set_readonly(true);
+    fs::set_permissions(&sealed, permissions).expect("seal");
+    // Not an event file: untouched.
+    let other = events_dir.join("notes.txt");
+    fs::write(&other, b"partial").expect("write");
+
+    let sink = open(&dir);
+    sink.shutdown().await.expect("shutdown");
+
+    assert_eq!(fs::read_to_string(&torn).expect("torn"), good);
+    assert_eq!(fs::read_to_string(&holed).expect("holed"), good);
+    assert!(!empty.exists(), "an empty file is removed");
+    assert_eq!(fs::read_to_string(&sealed).expect("sealed"), good);
+    assert_eq!(fs::read(&other).expect("other"), b"partial");
+    for path in [&torn, &holed, &sealed] {
+        assert!(is_sealed(path), "{} sealed", path.display());
+    }
+    assert_complete_ndjson(&events_dir);
 }

@@ -271,3 +271,121 @@ async fn after_shutdown_events_are_retryable() {
     );
     assert!(emulator.pull_all(&topic).await.is_empty());
 }
+
+/// An event whose attributes are the base ones plus `extra`.
+fn event_with_attributes(
+    id: &str,
+    extra: impl IntoIterator<Item = (String, String)>,
+) -> PreparedEvent {
+    let payload = format!(r#"{{"event":{{"id":"{id}"}},"metadata":{{}}}}"#);
+    let mut event = event(id.to_string(), payload.into_bytes());
+    event.attributes.remove("event.id");
+    event.attributes.extend(extra);
+    event
+}
+
+fn flags(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("event.recordsPrivateMetadata{prefix}{i:03}"),
+                "true".to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Pub/Sub itself refuses such messages, failing every message of their request; the emulator
+/// does not (it accepts 150 attributes, a 300-byte key, a 2,000-byte value), so this asserts on
+/// what is published: every event delivered, and each message within the limits.
+#[tokio::test]
+async fn attributes_beyond_pubsub_limits_are_fitted_and_fail_no_other_event() {
+    use telemetry_gateway_sink::pubsub::{
+        MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES,
+    };
+    let emulator = PubSubEmulator::shared();
+    let topic = emulator.create_test_topic("attributes").await;
+    let sink = PubSubSink::connect(config(emulator, &topic))
+        .await
+        .expect("connect");
+
+    // At each limit: published exactly as prepared.
+    let at_limits = vec![
+        event_with_attributes("at-count", flags("", MAX_ATTRIBUTES - 4)),
+        event_with_attributes(
+            "at-key",
+            [("k".repeat(MAX_ATTRIBUTE_KEY_BYTES), "true".to_string())],
+        ),
+        event_with_attributes(
+            "at-value",
+            [(
+                "event.long".to_string(),
+                "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES),
+            )],
+        ),
+    ];
+    // Over each limit: fitted by the documented rule.
+    let long_key = format!(
+        "event.recordsPrivateMetadata{}",
+        "k".repeat(MAX_ATTRIBUTE_KEY_BYTES)
+    );
+    let over_limits = vec![
+        event_with_attributes("over-count", flags("", 150)),
+        event_with_attributes("over-key", [(long_key.clone(), "true".to_string())]),
+        event_with_attributes(
+            "over-value",
+            [(
+                "event.long".to_string(),
+                "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES + 1),
+            )],
+        ),
+    ];
+    // Another stream's ordinary events, published at the same time so that the client batches
+    // them into the same requests as the oversized ones.
+    let good = events("good", 40);
+    let bad: Vec<PreparedEvent> = at_limits.iter().chain(&over_limits).cloned().collect();
+    let (good_outcomes, bad_outcomes) = tokio::join!(sink.publish(&good), sink.publish(&bad));
+    assert_eq!(good_outcomes, vec![PublishOutcome::Delivered; good.len()]);
+    assert_eq!(bad_outcomes, vec![PublishOutcome::Delivered; bad.len()]);
+
+    let published = by_data(emulator.pull_all(&topic).await);
+    assert_eq!(published.len(), good.len() + bad.len());
+    for event in good.iter().chain(&at_limits) {
+        assert_eq!(
+            published.get(event.payload.as_ref()),
+            Some(&event.attributes),
+            "{} is published unchanged",
+            event.id
+        );
+    }
+    let attributes_of = |id: &str| {
+        let event = over_limits.iter().find(|e| e.id == id).expect("sent");
+        published
+            .get(event.payload.as_ref())
+            .expect("published")
+            .clone()
+    };
+
+    let over_count = attributes_of("over-count");
+    assert_eq!(over_count.len(), MAX_ATTRIBUTES);
+    for key in [
+        "publisher.source",
+        "event.feature",
+        "event.action",
+        "event.hasPrivateMetadata",
+    ] {
+        assert!(over_count.contains_key(key), "{key} is kept");
+    }
+    assert!(over_count.contains_key("event.recordsPrivateMetadata095"));
+    assert!(!over_count.contains_key("event.recordsPrivateMetadata096"));
+
+    let over_key = attributes_of("over-key");
+    assert!(!over_key.contains_key(&long_key));
+    assert_eq!(over_key.len(), 4, "{over_key:?}");
+
+    let over_value = attributes_of("over-value");
+    assert_eq!(
+        over_value["event.long"],
+        "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES)
+    );
+}

@@ -104,6 +104,41 @@ impl BigQueryEmulator {
 
     /// Creates `dataset` and in it `table` with the schema of `deploy/bigquery/events.schema.json`.
     pub async fn create_events_table(&self, project: &str, dataset: &str, table: &str) {
+        self.create_table_with(project, dataset, table, events_schema())
+            .await;
+    }
+
+    /// Like [`BigQueryEmulator::create_events_table`], but with `column` as an INTEGER: a table
+    /// that drifted from the gateway's schema. (bqemulator ignores unknown and missing columns,
+    /// which BigQuery refuses as `no such field`, but refuses values of the wrong type.)
+    pub async fn create_events_table_with_integer_column(
+        &self,
+        project: &str,
+        dataset: &str,
+        table: &str,
+        column: &str,
+    ) {
+        let fields = events_schema()
+            .into_iter()
+            .map(|field| {
+                if field.name == column {
+                    TableFieldSchema::integer(column)
+                } else {
+                    field
+                }
+            })
+            .collect();
+        self.create_table_with(project, dataset, table, fields)
+            .await;
+    }
+
+    async fn create_table_with(
+        &self,
+        project: &str,
+        dataset: &str,
+        table: &str,
+        fields: Vec<TableFieldSchema>,
+    ) {
         let client = self.client().await;
         client
             .dataset()
@@ -116,7 +151,7 @@ impl BigQueryEmulator {
                 project,
                 dataset,
                 table,
-                TableSchema::new(events_schema()),
+                TableSchema::new(fields),
             ))
             .await
             .unwrap_or_else(|err| panic!("create table {project}.{dataset}.{table}: {err}"));

@@ -111,6 +111,32 @@ struct Inner {
     token_calls: AtomicUsize,
     introspection_calls: AtomicUsize,
     issued_count: AtomicUsize,
+    introspections_in_flight: AtomicUsize,
+    most_introspections_in_flight: AtomicUsize,
+}
+
+/// Counts an introspection call as in flight until dropped.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn enter(inner: &'a Inner) -> InFlight<'a> {
+        let now = inner
+            .introspections_in_flight
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        inner
+            .most_introspections_in_flight
+            .fetch_max(now, Ordering::SeqCst);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .introspections_in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Inner {
@@ -150,6 +176,8 @@ impl FakeSams {
             token_calls: AtomicUsize::new(0),
             introspection_calls: AtomicUsize::new(0),
             issued_count: AtomicUsize::new(0),
+            introspections_in_flight: AtomicUsize::new(0),
+            most_introspections_in_flight: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route(TOKEN_PATH, post(issue_client_token))
@@ -221,6 +249,13 @@ impl FakeSams {
     /// Calls received at the introspection endpoint, including refused ones.
     pub fn introspection_calls(&self) -> usize {
         self.inner.introspection_calls.load(Ordering::SeqCst)
+    }
+
+    /// The most introspection calls that were in progress at once.
+    pub fn most_concurrent_introspections(&self) -> usize {
+        self.inner
+            .most_introspections_in_flight
+            .load(Ordering::SeqCst)
     }
 
     /// Every token presented for introspection, in order.
@@ -305,6 +340,7 @@ async fn issue_client_token(
 
 async fn introspect(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     inner.introspection_calls.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&inner);
     let (failure, delay) = {
         let programmed = inner.programmed();
         (

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use rsa::RsaPrivateKey;
-use rsa::pkcs1::EncodeRsaPrivateKey as _;
+use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 use rsa::signature::{SignatureEncoding as _, Signer as _};
@@ -138,6 +138,14 @@ impl LicenseKeyPair {
         let private =
             RsaPrivateKey::new(&mut OsRng, 2048).expect("RSA-2048 key generation succeeds");
         Self { private }
+    }
+
+    /// A fixed key pair from a PKCS#1 PEM (as [`LicenseKeyPair::private_key_pem_pkcs1`] writes),
+    /// for inputs that must verify the same way in every run (fuzz seeds, say).
+    pub fn from_private_key_pem_pkcs1(pem: &str) -> Result<Self, rsa::pkcs1::Error> {
+        Ok(Self {
+            private: RsaPrivateKey::from_pkcs1_pem(pem)?,
+        })
     }
 
     /// One key pair per process, generated on first use, because key generation is slow.

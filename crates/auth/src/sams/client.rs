@@ -24,6 +24,11 @@ pub struct SamsClient {
     tokens: TokenSource,
     cache: Cache<TokenDigest, CachedAnswer>,
     cache_config: IntrospectionCacheConfig,
+    /// One permit per introspection call in progress.
+    introspections: tokio::sync::Semaphore,
+    max_introspections: usize,
+    /// How long a check waits for a permit.
+    permit_wait: Duration,
 }
 
 impl std::fmt::Debug for SamsClient {
@@ -87,6 +92,11 @@ impl SamsClient {
             http,
             cache,
             cache_config: config.cache,
+            introspections: tokio::sync::Semaphore::new(
+                config.max_concurrent_introspections.max(1),
+            ),
+            max_introspections: config.max_concurrent_introspections.max(1),
+            permit_wait: config.request_timeout,
         })
     }
 
@@ -116,6 +126,14 @@ impl SamsClient {
     }
 
     async fn fetch_answer(&self, token: &str) -> Result<CachedAnswer, SamsError> {
+        let overloaded = || SamsError::Overloaded {
+            limit: self.max_introspections,
+            waited: self.permit_wait,
+        };
+        let _permit = tokio::time::timeout(self.permit_wait, self.introspections.acquire())
+            .await
+            .map_err(|_| overloaded())?
+            .map_err(|_| overloaded())?;
         let introspection = self.call_introspect(token).await?;
         let ttl = introspection.cache_ttl(chrono::Utc::now(), &self.cache_config);
         Ok(CachedAnswer {

@@ -22,7 +22,15 @@ pub struct SamsClientConfig {
     pub request_timeout: Duration,
     /// The introspection cache.
     pub cache: IntrospectionCacheConfig,
+    /// Most introspection calls in progress at once (distinct tokens; checks of one token share
+    /// a call). A check that finds no free slot within `request_timeout` fails with
+    /// [`SamsError::Overloaded`](super::SamsError::Overloaded), so a flood of random tokens
+    /// never becomes a flood against SAMS.
+    pub max_concurrent_introspections: usize,
 }
+
+/// The default bound on introspection calls in progress at once.
+pub const DEFAULT_MAX_CONCURRENT_INTROSPECTIONS: usize = 16;
 
 impl SamsClientConfig {
     /// A configuration with the default timeouts and cache.
@@ -38,6 +46,7 @@ impl SamsClientConfig {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             cache: IntrospectionCacheConfig::default(),
+            max_concurrent_introspections: DEFAULT_MAX_CONCURRENT_INTROSPECTIONS,
         }
     }
 }
@@ -52,6 +61,10 @@ impl fmt::Debug for SamsClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("cache", &self.cache)
+            .field(
+                "max_concurrent_introspections",
+                &self.max_concurrent_introspections,
+            )
             .finish()
     }
 }

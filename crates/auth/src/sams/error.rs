@@ -41,12 +41,25 @@ pub enum SamsError {
     /// The caller stopped waiting for the answer.
     #[error("request canceled")]
     Canceled,
+    /// Too many introspections were in progress for this one to start in time.
+    #[error("too many token checks in progress ({limit}); none finished within {waited:?}")]
+    Overloaded {
+        /// The bound on introspections in progress.
+        limit: usize,
+        /// How long the check waited for a free slot.
+        waited: std::time::Duration,
+    },
 }
 
 impl SamsError {
     /// Whether the caller gave up, as opposed to SAMS failing.
     pub fn is_canceled(&self) -> bool {
         matches!(self, SamsError::Canceled)
+    }
+
+    /// Whether the check was not attempted because too many were in progress.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, SamsError::Overloaded { .. })
     }
 }
 

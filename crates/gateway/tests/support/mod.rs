@@ -45,7 +45,7 @@ impl GatewayProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(json) = serde_json::from_str(&line)
-                    && sender.send(json).is_err()
+                    && sender.send(flatten_log_line(json)).is_err()
                 {
                     break;
                 }
@@ -169,6 +169,30 @@ pub fn ndjson_lines(dir: &Path) -> Vec<Value> {
                 .collect::<Vec<Value>>()
         })
         .collect()
+}
+
+/// A log line in Sourcegraph's JSON (`SRC_LOG_FORMAT=json` or `json_gcp`) with, added for the
+/// tests' convenience, `message` (the `Body`), `level` (the `SeverityText`), `target` (the
+/// `InstrumentationScope`) and every `Attributes` field at the top level.
+pub fn flatten_log_line(line: Value) -> Value {
+    let Value::Object(mut object) = line else {
+        return line;
+    };
+    if let Some(Value::Object(attributes)) = object.get("Attributes").cloned() {
+        for (key, value) in attributes {
+            object.entry(key).or_insert(value);
+        }
+    }
+    for (flat, field) in [
+        ("message", "Body"),
+        ("level", "SeverityText"),
+        ("target", "InstrumentationScope"),
+    ] {
+        if let Some(value) = object.get(field).cloned() {
+            object.insert(flat.to_string(), value);
+        }
+    }
+    Value::Object(object)
 }
 
 impl Drop for GatewayProcess {

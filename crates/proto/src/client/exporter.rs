@@ -270,6 +270,19 @@ pub struct ExportReport {
     pub error: Option<ClientError>,
 }
 
+/// How far an export has got, after each response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportProgress {
+    /// Distinct events to send.
+    pub total: usize,
+    /// Distinct events acknowledged so far.
+    pub acknowledged: usize,
+    /// Payloads handed to the connection so far.
+    pub payloads: usize,
+    /// Responses received so far.
+    pub responses: usize,
+}
+
 impl ExportReport {
     /// Whether every event was recorded and the stream ended cleanly.
     pub fn is_complete(&self) -> bool {
@@ -309,6 +322,15 @@ impl Exporter {
     /// then half-close) and reports which were acknowledged. Never fails as a whole: a failed
     /// call reports every unacknowledged event as not recorded, with the error.
     pub async fn export(&self, events: Vec<Event>) -> ExportReport {
+        self.export_with_progress(events, &|_| {}).await
+    }
+
+    /// [`Exporter::export`], calling `progress` after each response (for a progress display).
+    pub async fn export_with_progress(
+        &self,
+        events: Vec<Event>,
+        progress: &(dyn Fn(ExportProgress) + Sync),
+    ) -> ExportReport {
         let request_id = self.new_request_id();
         let ids = distinct_ids(&events);
         let mut report = ExportReport {
@@ -337,8 +359,22 @@ impl Exporter {
         );
         let request = self.request(tokio_stream::iter(messages));
         let mut acknowledged = HashSet::new();
+        let total = ids.len();
+        let on_response = |acknowledged: usize, responses: usize| {
+            progress(ExportProgress {
+                total,
+                acknowledged,
+                payloads: payloads.load(Ordering::Relaxed),
+                responses,
+            });
+        };
         report.error = self
-            .stream(request, &mut acknowledged, &mut report.responses)
+            .stream(
+                request,
+                &mut acknowledged,
+                &mut report.responses,
+                &on_response,
+            )
             .await
             .err();
         report.payloads = payloads.load(Ordering::Relaxed);
@@ -369,6 +405,7 @@ impl Exporter {
         request: Request<S>,
         acknowledged: &mut HashSet<String>,
         responses: &mut usize,
+        on_response: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<(), ClientError>
     where
         S: tokio_stream::Stream<Item = RecordEventsRequest> + Send + 'static,
@@ -386,6 +423,7 @@ impl Exporter {
         {
             *responses += 1;
             acknowledged.extend(response.succeeded_events);
+            on_response(acknowledged.len(), *responses);
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! insertAll answers as per-event outcomes. Pure: no I/O.
 //!
 //! BigQuery lists the rows it did not insert in `insertErrors`, by index in the request. A row is
-//! a permanent failure only when every error BigQuery gives for it has the reason `invalid` (the
-//! row itself cannot be stored). Anything else — `stopped` (collateral of another row's error in
-//! the same request), `timeout`, `backendError`, an unknown reason, or an error that names no row
-//! we sent — is retryable, and no row that might not have been inserted is reported delivered.
+//! a permanent failure only when every error BigQuery gives for it has the reason `invalid` *and*
+//! is caused by the event (see [`invalid_row_cause`]): an `invalid` that says the table no longer
+//! matches the schema is retryable, because retrying succeeds once the table is repaired, and
+//! acknowledging it would lose every instance event meanwhile. Anything else — `stopped`
+//! (collateral of another row's error in the same request), `timeout`, `backendError`, an unknown
+//! reason, or an error that names no row we sent — is retryable, and no row that might not have
+//! been inserted is reported delivered.
 
 use std::collections::BTreeMap;
 
@@ -17,11 +20,61 @@ use crate::PublishOutcome;
 /// The reason BigQuery gives for a row that does not fit the table.
 const INVALID: &str = "invalid";
 
+/// The column that carries what the sender sent; every other column holds values the gateway
+/// writes itself, always of the schema's type (`deploy/bigquery/events.schema.json`).
+const SENDER_COLUMN: &str = "payload";
+
+/// Phrases of BigQuery's row errors that describe the table, not the row.
+const SCHEMA_PHRASES: [&str; 3] = ["no such field", "missing required field", "schema"];
+
+/// Whose fault an `invalid` row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidCause {
+    /// The event's own content cannot be stored (its payload, or the row as a whole): permanent.
+    Event,
+    /// The table does not match the gateway's schema (a column missing, added as required, or of
+    /// another type): retryable, and the sink is unhealthy until an insert works again.
+    Table,
+}
+
+/// Tells an event-caused `invalid` row error from a table-caused one, by the error's `location`
+/// (the column, possibly empty) and `message`. Shared by every BigQuery write path.
+///
+/// - a message about the table's fields (`no such field: x.`, `Missing required field: x.`,
+///   anything naming the schema) is the table's fault;
+/// - an error located at a column other than `payload` is the table's fault too: the gateway
+///   writes those values itself, always of the schema's type, so a refusal means the column
+///   changed;
+/// - an error at `payload` (or inside it), or about the row as a whole, is the event's.
+pub fn invalid_row_cause(location: Option<&str>, message: Option<&str>) -> InvalidCause {
+    let message = message.unwrap_or_default().to_ascii_lowercase();
+    if SCHEMA_PHRASES.iter().any(|phrase| message.contains(phrase)) {
+        return InvalidCause::Table;
+    }
+    let column = location
+        .unwrap_or_default()
+        .split(['.', '['])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if column.is_empty() || column == SENDER_COLUMN {
+        InvalidCause::Event
+    } else {
+        InvalidCause::Table
+    }
+}
+
+/// The outcomes of one insertAll request, and whether BigQuery said the table does not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// One per row, in request order.
+    pub(crate) outcomes: Vec<PublishOutcome>,
+    /// A table-caused row error (see [`invalid_row_cause`]), for the sink's health.
+    pub(crate) schema_mismatch: Option<String>,
+}
+
 /// One outcome per row of a request of `rows` rows that BigQuery answered with `response`.
-pub(crate) fn from_response(
-    rows: usize,
-    response: &TableDataInsertAllResponse,
-) -> Vec<PublishOutcome> {
+pub(crate) fn from_response(rows: usize, response: &TableDataInsertAllResponse) -> Answer {
     let mut errors_by_row: BTreeMap<usize, Vec<&ErrorProto>> = BTreeMap::new();
     let mut unattributed = Vec::new();
     for insert_error in response.insert_errors.iter().flatten() {
@@ -40,8 +93,27 @@ pub(crate) fn from_response(
         }
     }
     let mut outcomes = vec![PublishOutcome::Delivered; rows];
+    let mut schema_mismatch = None;
     for (index, errors) in errors_by_row {
-        outcomes[index] = row_outcome(&errors);
+        let table_errors: Vec<&ErrorProto> = errors
+            .iter()
+            .copied()
+            .filter(|e| {
+                e.reason.as_deref() == Some(INVALID)
+                    && invalid_row_cause(e.location.as_deref(), e.message.as_deref())
+                        == InvalidCause::Table
+            })
+            .collect();
+        if !table_errors.is_empty() {
+            let reason = format!(
+                "the BigQuery table does not match the gateway's schema: {}",
+                summarize(&table_errors)
+            );
+            schema_mismatch.get_or_insert_with(|| reason.clone());
+            outcomes[index] = PublishOutcome::Retryable(reason);
+        } else {
+            outcomes[index] = row_outcome(&errors);
+        }
     }
     if !unattributed.is_empty() {
         // We cannot tell which rows these errors are about, so none of the rest counts as inserted.
@@ -55,7 +127,10 @@ pub(crate) fn from_response(
             }
         }
     }
-    outcomes
+    Answer {
+        outcomes,
+        schema_mismatch,
+    }
 }
 
 fn row_outcome(errors: &[&ErrorProto]) -> PublishOutcome {
@@ -127,9 +202,15 @@ mod tests {
     #[test]
     fn no_insert_errors_means_every_row_was_inserted() {
         let ok = response(r#"{"kind":"bigquery#tableDataInsertAllResponse"}"#);
-        assert_eq!(from_response(3, &ok), vec![PublishOutcome::Delivered; 3]);
+        assert_eq!(
+            from_response(3, &ok).outcomes,
+            vec![PublishOutcome::Delivered; 3]
+        );
         let empty = response(r#"{"kind":"bigquery#tableDataInsertAllResponse","insertErrors":[]}"#);
-        assert_eq!(from_response(2, &empty), vec![PublishOutcome::Delivered; 2]);
+        assert_eq!(
+            from_response(2, &empty).outcomes,
+            vec![PublishOutcome::Delivered; 2]
+        );
     }
 
     /// The shape BigQuery returns when one row of a request does not fit the table and
@@ -141,18 +222,18 @@ mod tests {
               "kind": "bigquery#tableDataInsertAllResponse",
               "insertErrors": [
                 {"index": 0, "errors": [{"reason": "stopped", "location": "", "debugInfo": "", "message": ""}]},
-                {"index": 1, "errors": [{"reason": "invalid", "location": "event_timestamp", "debugInfo": "",
-                  "message": "Invalid timestamp: 'yesterday'"}]},
+                {"index": 1, "errors": [{"reason": "invalid", "location": "payload", "debugInfo": "",
+                  "message": "Invalid JSON: nesting too deep"}]},
                 {"index": 2, "errors": [{"reason": "stopped", "location": "", "debugInfo": "", "message": ""}]}
               ]
             }"#,
         );
-        let outcomes = from_response(3, &recorded);
+        let outcomes = from_response(3, &recorded).outcomes;
         assert!(matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.contains("stopped")));
         assert_eq!(
             outcomes[1],
             PublishOutcome::Permanent(
-                "BigQuery rejected the row: invalid (event_timestamp): Invalid timestamp: 'yesterday'"
+                "BigQuery rejected the row: invalid (payload): Invalid JSON: nesting too deep"
                     .into()
             )
         );
@@ -164,7 +245,7 @@ mod tests {
         let recorded = response(
             r#"{"insertErrors":[{"index":1,"errors":[{"reason":"invalid","location":"payload","message":"Invalid JSON"}]}]}"#,
         );
-        let outcomes = from_response(3, &recorded);
+        let outcomes = from_response(3, &recorded).outcomes;
         assert_eq!(outcomes[0], PublishOutcome::Delivered);
         assert!(matches!(&outcomes[1], PublishOutcome::Permanent(_)));
         assert_eq!(outcomes[2], PublishOutcome::Delivered);
@@ -180,7 +261,7 @@ mod tests {
                 {"index":3}
             ]}"#,
         );
-        let outcomes = from_response(4, &recorded);
+        let outcomes = from_response(4, &recorded).outcomes;
         assert!(
             outcomes
                 .iter()
@@ -197,15 +278,85 @@ mod tests {
                 {"index":7,"errors":[{"reason":"invalid","message":"which row?"}]}
             ]}"#,
         );
-        let outcomes = from_response(3, &recorded);
+        let outcomes = from_response(3, &recorded).outcomes;
         assert!(matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.contains("which row?")));
         assert!(matches!(&outcomes[1], PublishOutcome::Permanent(_)));
         assert!(matches!(&outcomes[2], PublishOutcome::Retryable(_)));
         let no_index = response(r#"{"insertErrors":[{"errors":[{"reason":"invalid"}]}]}"#);
         assert!(
             from_response(2, &no_index)
+                .outcomes
                 .iter()
                 .all(|o| matches!(o, PublishOutcome::Retryable(_)))
         );
+    }
+
+    #[test]
+    fn invalid_rows_are_told_apart_by_location_and_message() {
+        use InvalidCause::{Event, Table};
+        let cases = [
+            (
+                Some("payload"),
+                Some("Invalid JSON: nesting too deep"),
+                Event,
+            ),
+            (Some("payload.event"), Some("value too large"), Event),
+            (
+                None,
+                Some("Row larger than the maximum allowed size"),
+                Event,
+            ),
+            (Some(""), None, Event),
+            (Some("source"), Some("no such field: source."), Table),
+            (
+                Some("region"),
+                Some("Missing required field: region."),
+                Table,
+            ),
+            (
+                Some("event_timestamp"),
+                Some("Cannot convert value to integer."),
+                Table,
+            ),
+            (Some("feature"), Some("Field value too long"), Table),
+            (None, Some("Row does not match the table schema"), Table),
+            (Some("payload"), Some("no such field: payload."), Table),
+        ];
+        for (location, message, cause) in cases {
+            assert_eq!(
+                invalid_row_cause(location, message),
+                cause,
+                "{location:?} {message:?}"
+            );
+        }
+    }
+
+    /// What BigQuery answers for every row once a column the gateway writes is dropped from the
+    /// table: each row `invalid`, located at the missing column.
+    #[test]
+    fn a_table_missing_a_column_makes_rows_retryable_and_reports_the_mismatch() {
+        let recorded = response(
+            r#"{"insertErrors":[
+                {"index":0,"errors":[{"reason":"invalid","location":"source","message":"no such field: source."}]},
+                {"index":1,"errors":[{"reason":"invalid","location":"source","message":"no such field: source."}]},
+                {"index":2,"errors":[{"reason":"invalid","location":"payload","message":"Invalid JSON"}]}
+            ]}"#,
+        );
+        let answer = from_response(3, &recorded);
+        assert!(
+            matches!(&answer.outcomes[0], PublishOutcome::Retryable(r) if r.contains("does not match")),
+            "{answer:?}"
+        );
+        assert!(matches!(&answer.outcomes[1], PublishOutcome::Retryable(_)));
+        assert!(matches!(&answer.outcomes[2], PublishOutcome::Permanent(_)));
+        assert!(
+            answer
+                .schema_mismatch
+                .is_some_and(|m| m.contains("no such field: source.")),
+        );
+        let event_caused = response(
+            r#"{"insertErrors":[{"index":0,"errors":[{"reason":"invalid","location":"payload","message":"bad"}]}]}"#,
+        );
+        assert_eq!(from_response(1, &event_caused).schema_mismatch, None);
     }
 }

@@ -1,25 +1,54 @@
-//! The writer's data I/O, with faults a test can switch on.
+//! The writer's file-system I/O, with faults a test can switch on.
 //!
 //! Root ignores file permissions and loop devices are rarely at hand, so the failure paths of the
-//! file sink are exercised by switching faults on here rather than by breaking a real disk.
+//! file sink are exercised by switching faults on here rather than by breaking a real disk. Every
+//! step the writer takes goes through here (create, write, fsync, truncate, directory fsync), and
+//! each can be made to fail; the steps taken are recorded so that tests can check their order
+//! (a truncation is made durable before anything else happens, say).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Switches that make the file sink's writes or fsyncs fail (tests only; off by default).
+/// One step of the writer, as recorded by [`FaultInjection::steps`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// A new event file was created.
+    Create,
+    /// Lines were appended.
+    Write,
+    /// A file's data was fsynced.
+    Sync,
+    /// A file was cut back to its delivered length.
+    Truncate,
+    /// The directory's entries were fsynced.
+    SyncDir,
+}
+
+/// Switches that make the file sink's steps fail (tests only; off by default).
 #[doc(hidden)]
 #[derive(Clone, Debug, Default)]
 pub struct FaultInjection(Arc<Switches>);
 
 #[derive(Debug, Default)]
 struct Switches {
+    fail_creates: AtomicBool,
     fail_writes: AtomicBool,
-    fail_syncs: AtomicBool,
+    /// How many of the next file fsyncs fail (`u64::MAX`: all of them).
+    failing_syncs: AtomicU64,
+    fail_truncates: AtomicBool,
+    fail_dir_syncs: AtomicBool,
     sync_delay_micros: AtomicU64,
+    /// The steps taken (successful or not), oldest first, bounded.
+    steps: Mutex<Vec<Step>>,
 }
+
+/// How many steps are remembered (tests look at the last few).
+const MAX_RECORDED_STEPS: usize = 4096;
 
 impl FaultInjection {
     /// All faults off.
@@ -27,14 +56,35 @@ impl FaultInjection {
         Self::default()
     }
 
+    /// While on, creating an event file (at start or at rotation) fails.
+    pub fn fail_creates(&self, on: bool) {
+        self.0.fail_creates.store(on, Ordering::SeqCst);
+    }
+
     /// While on, each write stores half its bytes and then fails as if the disk were full.
     pub fn fail_writes(&self, on: bool) {
         self.0.fail_writes.store(on, Ordering::SeqCst);
     }
 
-    /// While on, each fsync fails with an I/O error (after the data was written).
+    /// While on, each fsync of a file fails with an I/O error (after the data was written).
     pub fn fail_syncs(&self, on: bool) {
-        self.0.fail_syncs.store(on, Ordering::SeqCst);
+        let failing = if on { u64::MAX } else { 0 };
+        self.0.failing_syncs.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes only the next `n` fsyncs of a file fail.
+    pub fn fail_next_syncs(&self, n: u64) {
+        self.0.failing_syncs.store(n, Ordering::SeqCst);
+    }
+
+    /// While on, cutting a file back after a failure fails.
+    pub fn fail_truncates(&self, on: bool) {
+        self.0.fail_truncates.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, each fsync of the directory fails.
+    pub fn fail_dir_syncs(&self, on: bool) {
+        self.0.fail_dir_syncs.store(on, Ordering::SeqCst);
     }
 
     /// Makes each fsync take at least `delay`, as on a slow disk.
@@ -43,8 +93,41 @@ impl FaultInjection {
         self.0.sync_delay_micros.store(micros, Ordering::SeqCst);
     }
 
+    /// The steps taken so far, oldest first.
+    pub fn steps(&self) -> Vec<Step> {
+        self.0
+            .steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, step: Step) {
+        let mut steps = self.0.steps.lock().unwrap_or_else(PoisonError::into_inner);
+        if steps.len() < MAX_RECORDED_STEPS {
+            steps.push(step);
+        }
+    }
+
+    fn injected(switch: &AtomicBool, what: &str) -> io::Result<()> {
+        if switch.load(Ordering::SeqCst) {
+            return Err(io::Error::other(format!("{what} (injected fault)")));
+        }
+        Ok(())
+    }
+
+    /// Creates `path`, which must not exist, for appending.
+    pub(super) fn create(&self, path: &Path) -> io::Result<File> {
+        self.record(Step::Create);
+        Self::injected(&self.0.fail_creates, "cannot create the file")?;
+        // Append mode: after a failed group is cut off with `set_len`, the next write lands at
+        // the new end without any seeking.
+        OpenOptions::new().append(true).create_new(true).open(path)
+    }
+
     /// Appends `bytes` to `file`.
     pub(super) fn write_all(&self, mut file: &File, bytes: &[u8]) -> io::Result<()> {
+        self.record(Step::Write);
         if self.0.fail_writes.load(Ordering::SeqCst) {
             file.write_all(&bytes[..bytes.len() / 2])?;
             return Err(io::Error::new(
@@ -55,15 +138,50 @@ impl FaultInjection {
         file.write_all(bytes)
     }
 
-    /// Makes `file`'s data durable.
+    /// Makes `file`'s data (and its length) durable.
     pub(super) fn sync_data(&self, file: &File) -> io::Result<()> {
+        self.record(Step::Sync);
         let delay = self.0.sync_delay_micros.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
         }
-        if self.0.fail_syncs.load(Ordering::SeqCst) {
+        let failing = self
+            .0
+            .failing_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                n => Some(n - 1),
+            });
+        if failing.is_ok() {
             return Err(io::Error::other("input/output error (injected fault)"));
         }
         file.sync_data()
     }
+
+    /// Cuts `file` back to `len` bytes.
+    pub(super) fn truncate(&self, file: &File, len: u64) -> io::Result<()> {
+        self.record(Step::Truncate);
+        Self::injected(&self.0.fail_truncates, "cannot truncate")?;
+        file.set_len(len)
+    }
+
+    /// Makes the entries of `dir` durable (a new or removed name survives a crash only after
+    /// this).
+    pub(super) fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.record(Step::SyncDir);
+        Self::injected(&self.0.fail_dir_syncs, "cannot fsync the directory")?;
+        sync_dir(dir)
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened for syncing on this platform.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }

@@ -1,12 +1,21 @@
-//! Event files on disk: their names, their creation and the directory's writability.
+//! Event files on disk: their names, their creation, sealing and repair, and the directory's
+//! writability.
+//!
+//! A file that the writer finished cleanly (every line in it acknowledged and fsynced) is
+//! *sealed*: made read-only. A file that is still writable when a sink starts was being written
+//! when the previous process stopped (or its roll-back failed), so its end is uncertain: it is
+//! repaired — cut back before the first line that is not a complete JSON value — and then
+//! sealed, or removed when nothing is left (docs/sinks.md, "Crash safety").
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
+
+use super::fault::FaultInjection;
 
 /// Numbers the files of this process, so that names sort by creation within one second.
 static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
@@ -37,16 +46,15 @@ pub(super) fn file_name(created: DateTime<Utc>, pid: u32, sequence: u64) -> Stri
 
 /// Creates a new, empty event file under `dir`, never reusing an existing name, and makes its
 /// directory entry durable.
-pub(super) fn create(dir: &Path) -> io::Result<Segment> {
+pub(super) fn create(dir: &Path, faults: &FaultInjection) -> io::Result<Segment> {
     for _ in 0..NAME_ATTEMPTS {
         let sequence = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(file_name(Utc::now(), process::id(), sequence));
-        // Append mode: after a failed group is cut off with `set_len`, the next write lands at
-        // the new end without any seeking.
-        match OpenOptions::new().append(true).create_new(true).open(&path) {
+        match faults.create(&path) {
             Ok(file) => {
-                if let Err(error) = sync_dir(dir) {
-                    let _ = fs::remove_file(&path);
+                if let Err(error) = faults.sync_dir(dir) {
+                    drop(file);
+                    remove(dir, &path, faults);
                     return Err(error);
                 }
                 return Ok(Segment { path, file, len: 0 });
@@ -61,6 +69,115 @@ pub(super) fn create(dir: &Path) -> io::Result<Segment> {
     ))
 }
 
+/// Removes an event file without events and makes the removal durable, so that a crash cannot
+/// bring it back (with unacknowledged bytes in it, say). Failures are logged: an empty or
+/// unsealed file left behind is repaired by the next start.
+pub(super) fn remove(dir: &Path, path: &Path, faults: &FaultInjection) {
+    let removed = fs::remove_file(path).and_then(|()| faults.sync_dir(dir));
+    if let Err(error) = removed {
+        tracing::warn!(
+            sink = "file",
+            path = %path.display(),
+            %error,
+            "cannot durably remove an event file without events; the next start repairs it"
+        );
+    }
+}
+
+/// Marks a finished file as complete: read-only. Only called after the file's last fsync.
+pub(super) fn seal(path: &Path) {
+    let sealed = fs::metadata(path).and_then(|metadata| {
+        let mut permissions = metadata.permissions();
+        permissions.set_readonly(true);
+        fs::set_permissions(path, permissions)
+    });
+    if let Err(error) = sealed {
+        tracing::warn!(
+            sink = "file",
+            path = %path.display(),
+            %error,
+            "cannot mark a finished event file read-only; the next start checks it again"
+        );
+    }
+}
+
+/// Whether `path` is sealed (read-only).
+fn is_sealed(path: &Path) -> io::Result<bool> {
+    Ok(fs::metadata(path)?.permissions().readonly())
+}
+
+/// What [`repair`] did at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Repair {
+    /// Unsealed files checked.
+    pub(super) checked: usize,
+    /// Files cut back, with the bytes removed from each.
+    pub(super) cut: Vec<(PathBuf, u64)>,
+    /// Files removed because no complete line was left.
+    pub(super) removed: Vec<PathBuf>,
+}
+
+/// Repairs the unsealed event files under `dir`: each is cut back before its first line that
+/// is not a complete JSON value (a torn write, a block of zeros), made durable and sealed; a
+/// file left empty is removed.
+pub(super) fn repair(dir: &Path, faults: &FaultInjection) -> io::Result<Repair> {
+    let mut report = Repair::default();
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("events-") && name.ends_with(".ndjson") && entry.file_type()?.is_file()
+        {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    for path in paths {
+        if is_sealed(&path)? {
+            continue;
+        }
+        report.checked += 1;
+        let (valid, total) = valid_prefix(&path)?;
+        if valid == 0 {
+            remove(dir, &path, faults);
+            report.removed.push(path);
+            continue;
+        }
+        if valid < total {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            faults.truncate(&file, valid)?;
+            faults.sync_data(&file)?;
+            report.cut.push((path.clone(), total - valid));
+        }
+        seal(&path);
+    }
+    Ok(report)
+}
+
+/// The length of the longest prefix of `path` made of complete lines that each hold one JSON
+/// value, and the file's length. Reads one line at a time.
+fn valid_prefix(path: &Path) -> io::Result<(u64, u64)> {
+    let file = File::open(path)?;
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut valid = 0u64;
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let json = &line[..line.len() - 1];
+        if json.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
+            break;
+        }
+        valid += read as u64;
+    }
+    Ok((valid, total))
+}
+
 /// Whether a file can be created and written under `dir` now (the health check).
 pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
     // A dot name without the `.ndjson` suffix, so `bq load dir/*.ndjson` never picks it up.
@@ -73,18 +190,6 @@ pub(super) fn probe_writable(dir: &Path) -> io::Result<()> {
         .and_then(|mut file| file.write_all(b"\n"));
     let removed = fs::remove_file(&path);
     written.and(removed)
-}
-
-/// Makes the directory's entries durable (a new file's name survives a crash only after this).
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Directories cannot be opened for syncing on this platform.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

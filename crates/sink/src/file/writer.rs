@@ -1,6 +1,5 @@
 //! The one thread that appends to event files: group commit, rotation and roll-back.
 
-use std::fs;
 use std::io;
 use std::mem;
 use std::path::PathBuf;
@@ -135,7 +134,7 @@ impl Writer {
         let segment = match &mut self.current {
             Some(segment) => segment,
             None => {
-                let created = segment::create(&self.dir)
+                let created = segment::create(&self.dir, &self.faults)
                     .map_err(|error| (self.dir.clone(), 0, Failure::Open(error)))?;
                 announce(&self.shared, &created.path);
                 self.current.insert(created)
@@ -158,50 +157,71 @@ impl Writer {
         Ok(())
     }
 
-    /// Cuts the current file back to its delivered lines, so it never holds a partial line or a
-    /// line of an unacknowledged event; gives the file up when its state is uncertain.
+    /// Cuts the current file back to its delivered lines and makes the cut durable, so the file
+    /// never holds a partial line or a line of an unacknowledged event, even after a crash.
+    /// After a failed fsync the file is finished (what the kernel kept of it is uncertain, so
+    /// nothing more goes into it); when the cut itself fails, the file is abandoned unsealed and
+    /// the next start repairs it.
     fn roll_back(&mut self, before: u64, failure: &Failure) {
         let Some(segment) = self.current.as_mut() else {
             return;
         };
-        if let Err(error) = segment.file.set_len(before) {
-            tracing::error!(
-                sink = "file",
-                path = %segment.path.display(),
-                %error,
-                "cannot cut the file back after a failed write; it may end with a partial line"
-            );
-            self.retire();
-            return;
-        }
-        // After a failed fsync the kernel may have dropped the dirty pages, so what is on disk is
-        // unknown: keep only a file whose truncation is itself durable.
-        let keep = matches!(failure, Failure::Write(_)) && segment.file.sync_data().is_ok();
-        if !keep {
-            self.retire();
+        let cut = self
+            .faults
+            .truncate(&segment.file, before)
+            .and_then(|()| self.faults.sync_data(&segment.file));
+        match cut {
+            Ok(()) if matches!(failure, Failure::Write(_)) => {}
+            Ok(()) => self.retire(),
+            Err(error) => {
+                tracing::error!(
+                    sink = "file",
+                    path = %segment.path.display(),
+                    %error,
+                    "cannot durably cut the file back after a failed write; it is left unsealed \
+                     and its tail is repaired when the sink next starts"
+                );
+                self.abandon();
+            }
         }
     }
 
-    /// Closes the current file; removes it when it holds no delivered event.
+    /// Finishes the current file: seals it when it holds delivered events, removes it (durably)
+    /// when it holds none.
     fn retire(&mut self) {
-        let Some(segment) = self.current.take() else {
+        let Some(segment) = self.take_current() else {
             return;
         };
+        drop(segment.file);
+        if segment.len == 0 {
+            segment::remove(&self.dir, &segment.path, &self.faults);
+        } else {
+            segment::seal(&segment.path);
+        }
+    }
+
+    /// Gives up the current file without sealing it: its end is uncertain.
+    fn abandon(&mut self) {
+        let Some(segment) = self.take_current() else {
+            return;
+        };
+        drop(segment.file);
+        if segment.len == 0 {
+            // Nothing in it was delivered; if removing fails, the next start repairs it.
+            segment::remove(&self.dir, &segment.path, &self.faults);
+        }
+    }
+
+    /// Takes the current file out of the writer and the sink's list of live files; a file with
+    /// no delivered event leaves the list.
+    fn take_current(&mut self) -> Option<Segment> {
+        let segment = self.current.take()?;
         let mut files = self.shared.lock_files();
         files.current = None;
         if segment.len == 0 {
             files.all.retain(|path| path != &segment.path);
-            drop(files);
-            drop(segment.file);
-            if let Err(error) = fs::remove_file(&segment.path) {
-                tracing::warn!(
-                    sink = "file",
-                    path = %segment.path.display(),
-                    %error,
-                    "cannot remove an event file without events"
-                );
-            }
         }
+        Some(segment)
     }
 
     fn current_len(&self) -> u64 {

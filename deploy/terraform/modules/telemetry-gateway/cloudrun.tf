@@ -132,7 +132,7 @@ resource "google_cloud_run_v2_service" "gateway" {
       # restarting an instance would not fix either.
       liveness_probe {
         http_get {
-          path = "/-/version"
+          path = "/-/live"
           port = local.gateway_port
         }
         period_seconds    = 15
