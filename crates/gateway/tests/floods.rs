@@ -88,9 +88,16 @@ async fn floods_of_bad_events_cost_a_few_log_lines_and_sentry_events() {
     let license_key = keys.mint(&LicenseSpec::default(), SignatureFormat::SshRsa);
     let public_key = keys.public_key_openssh();
     let dsn = sentry.dsn();
+    // The default sender limits (docs/security.md) refuse these payloads outright: 100,000
+    // events, 10 MB of metadata, a stream idle for 31 s. They are lifted here to show that the
+    // logs and Sentry stay bounded even where an operator lifts them.
     let mut gateway = GatewayProcess::start(&[
         ("SENTRY_DSN", dsn.as_str()),
         ("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", public_key.as_str()),
+        ("TELEMETRY_GATEWAY_MAX_EVENTS_PER_PAYLOAD", "100000"),
+        ("TELEMETRY_GATEWAY_MAX_METADATA_BYTES", "16777216"),
+        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "0"),
+        ("TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT", "2m"),
     ]);
     let addr = gateway.address();
     let started = Instant::now();
