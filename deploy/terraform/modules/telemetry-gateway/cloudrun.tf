@@ -8,19 +8,20 @@ locals {
   # deploy/clouddeploy/service.yaml sets the same ones). Events go to Pub/Sub (the downstream
   # pipelines) and BigQuery (a queryable copy); an event is acknowledged once both accepted it.
   env = {
-    MSP                                          = "true"
-    ENVIRONMENT_ID                               = var.environment
-    SRC_LOG_LEVEL                                = "info"
-    SRC_LOG_FORMAT                               = "json"
-    OTEL_EXPORTER_OTLP_ENDPOINT                  = "http://localhost:4317"
-    TELEMETRY_GATEWAY_EVENTS_SINKS               = "pubsub,bigquery"
-    TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED      = "true"
-    TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID   = var.project_id
-    TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID     = google_pubsub_topic.events.name
-    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID = var.project_id
-    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID = google_bigquery_dataset.events.dataset_id
-    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID   = google_bigquery_table.events.table_id
-    TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES         = tostring(local.max_inflight_bytes)
+    MSP                                                 = "true"
+    ENVIRONMENT_ID                                      = var.environment
+    SRC_LOG_LEVEL                                       = "info"
+    SRC_LOG_FORMAT                                      = "json_gcp"
+    OTEL_EXPORTER_OTLP_ENDPOINT                         = "http://localhost:4317"
+    TELEMETRY_GATEWAY_EVENTS_SINKS                      = "pubsub,bigquery"
+    TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED             = "true"
+    TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID          = var.project_id
+    TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID            = google_pubsub_topic.events.name
+    TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID = google_pubsub_topic.dead_letters.name
+    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID        = var.project_id
+    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID        = google_bigquery_dataset.events.dataset_id
+    TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID          = google_bigquery_table.events.table_id
+    TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES                = tostring(local.max_inflight_bytes)
     # Cloud Run allows 10 s after SIGTERM: the drain, then up to 5 s to export the last traces
     # and metrics and 2 s for Sentry (docs/operations.md).
     TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT = "3s"

@@ -90,6 +90,24 @@ resource "google_pubsub_topic" "events" {
   depends_on                 = [google_project_service.apis]
 }
 
+# Events refused for good (invalid, unrenderable, oversized, refused by policy, rejected by a sink)
+# are also published here with their reason, for debugging "missing events" and for `replay`
+# (docs/operations.md, "Dead letters"). Best effort: never on the acknowledgement path.
+resource "google_pubsub_topic" "dead_letters" {
+  project                    = var.project_id
+  name                       = "telemetry-gateway-events-deadletter"
+  labels                     = local.labels
+  message_retention_duration = "604800s"
+  depends_on                 = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic_iam_member" "gateway_dead_letter_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.dead_letters.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.gateway.member
+}
+
 resource "google_bigquery_dataset" "events" {
   project                    = var.project_id
   dataset_id                 = "telemetry_gateway"
