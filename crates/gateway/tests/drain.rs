@@ -26,6 +26,7 @@ async fn gateway_with_slow_sink(
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT", &endpoint),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
         ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", shutdown_timeout),
     ]);
     (gateway, fake)

@@ -85,6 +85,7 @@ async fn sixty_four_senders_of_five_mb_at_a_stalled_sink_stay_within_the_budget(
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID", "telemetry"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID", "events"),
         ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT", &endpoint),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
         (
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
             "600",

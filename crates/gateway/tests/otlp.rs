@@ -44,6 +44,7 @@ async fn gateway_with_collector(
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
             bigquery_endpoint.as_str(),
         ),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint.as_str()),
     ];
     env.extend_from_slice(extra_env);

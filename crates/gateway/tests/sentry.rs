@@ -42,6 +42,7 @@ fn start_gateway(
             "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT",
             endpoint.as_str(),
         ),
+        ("TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API", "insert_all"),
     ];
     env.extend_from_slice(extra);
     GatewayProcess::start(&env)
