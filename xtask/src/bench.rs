@@ -132,14 +132,33 @@ pub fn bench(root: &Path, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-struct Binaries {
-    gateway: PathBuf,
-    loadgen: PathBuf,
+pub(crate) struct Binaries {
+    pub(crate) gateway: PathBuf,
+    pub(crate) loadgen: PathBuf,
 }
 
-fn build(root: &Path) -> Result<Binaries> {
+pub(crate) fn build(root: &Path) -> Result<Binaries> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo xtask` runs this through `cargo run`, which sets the package's CARGO_PKG_* and
+    // CARGO_MANIFEST_* for it. Build scripts (ring's, for one) rerun when those change, so
+    // passing them on would rebuild half the dependency tree on every run, and again on the next
+    // plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*key)
+        {
+            command.env_remove(&*key);
+        }
+    }
+    let status = command
         .current_dir(root)
         .args([
             "build",
@@ -184,7 +203,7 @@ fn mint_license(bins: &Binaries) -> Result<License> {
 }
 
 /// Runs `command` pinned to `core` when the machine has two cores or more.
-fn pinned(program: &Path, core: usize) -> Command {
+pub(crate) fn pinned(program: &Path, core: usize) -> Command {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores >= 2 && Path::new("/usr/bin/taskset").exists() {
         let mut command = Command::new("taskset");
@@ -195,51 +214,75 @@ fn pinned(program: &Path, core: usize) -> Command {
     }
 }
 
-/// A gateway process for one run; stopped when dropped.
-struct Gateway {
+/// A server process for one run, pinned to core 0; stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Gateway {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
     fn start(bins: &Binaries, args: &BenchArgs, license: Option<&License>) -> Result<Gateway> {
+        Gateway::start_ours(
+            &bins.gateway,
+            &args.sink,
+            "warn",
+            &args.gateway_env,
+            license.map(|license| license.public_key.as_str()),
+        )
+    }
+
+    /// Starts our gateway with `sink` (its file sink writing under the run's directory).
+    pub(crate) fn start_ours(
+        binary: &Path,
+        sink: &str,
+        log_level: &str,
+        env: &[String],
+        license_public_key: Option<&str>,
+    ) -> Result<Gateway> {
+        Gateway::spawn(|port, dir| {
+            let mut command = pinned(binary, 0);
+            command
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("PORT", port.to_string())
+                .env("TELEMETRY_GATEWAY_LISTEN_ADDRESS", "127.0.0.1")
+                .env("TELEMETRY_GATEWAY_EVENTS_SINKS", sink)
+                .env("TELEMETRY_GATEWAY_EVENTS_FILE_DIR", dir.join("events"))
+                .env("SRC_LOG_LEVEL", log_level);
+            if let Some(key) = license_public_key {
+                command.env("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", key);
+            }
+            for pair in env {
+                let (key, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--gateway-env {pair:?} is not KEY=VALUE"))?;
+                command.env(key, value);
+            }
+            Ok(command)
+        })
+    }
+
+    /// Starts the server `command(port, run directory)` builds, its output in the run's
+    /// directory, and waits until it listens.
+    pub(crate) fn spawn(command: impl FnOnce(u16, &Path) -> Result<Command>) -> Result<Gateway> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
-        let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-        let mut command = pinned(&bins.gateway, 0);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            .env("TELEMETRY_GATEWAY_LISTEN_ADDRESS", "127.0.0.1")
-            .env("TELEMETRY_GATEWAY_EVENTS_SINKS", &args.sink)
-            .env(
-                "TELEMETRY_GATEWAY_EVENTS_FILE_DIR",
-                dir.path().join("events"),
-            )
-            .env("SRC_LOG_LEVEL", "warn")
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = command(port, dir.path())?
             .stdout(log.try_clone()?)
-            .stderr(log);
-        if let Some(license) = license {
-            command.env("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY", &license.public_key);
-        }
-        for pair in &args.gateway_env {
-            let (key, value) = pair
-                .split_once('=')
-                .with_context(|| format!("--gateway-env {pair:?} is not KEY=VALUE"))?;
-            command.env(key, value);
-        }
-        let child = command.spawn().context("starting the gateway")?;
-        let gateway = Gateway {
-            child,
-            port,
-            _dir: dir,
-        };
+            .stderr(log)
+            .spawn()
+            .context("starting the server")?;
+        let mut gateway = Gateway { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the gateway did not start listening on {port}");
+            if Instant::now() > deadline || !matches!(gateway.child.try_wait(), Ok(None)) {
+                bail!(
+                    "the server did not start listening on {port}; its output: {}",
+                    std::fs::read_to_string(gateway.dir.path().join("server.log"))
+                        .unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -248,6 +291,21 @@ impl Gateway {
 
     fn target(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its process id (taskset execs it, so the pid is the server's own).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The run's directory (the server's output, the file sink's files).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The gateway's own pid (taskset execs it, so the pid is the same).

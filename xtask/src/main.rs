@@ -1,5 +1,6 @@
 //! Project chores: `cargo xtask codegen [--check]`, `cargo xtask docs [--check]`,
-//! `cargo xtask handbook [--check]`, `cargo xtask bench`, `cargo xtask fuzz [--seconds N]`; and,
+//! `cargo xtask handbook [--check]`, `cargo xtask bench`, `cargo xtask compare --peer DIR`,
+//! `cargo xtask fuzz [--seconds N]`; and,
 //! as its tests, the checks of the deployment as code (`deploy_checks.rs`).
 //!
 //! Nothing at runtime depends on this crate, and it depends on none of ours: code generation must
@@ -13,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 #[cfg(test)]
 mod deploy_checks;
 mod deployment;
@@ -36,6 +38,9 @@ enum Chore {
     },
     /// Benchmark the gateway with the load generator (release build, pinned cores).
     Bench(bench::BenchArgs),
+    /// Compare the gateway with the Go reference-equivalent peer, side by side, under the peer's
+    /// load generator (docs/performance.md).
+    Compare(compare::CompareArgs),
     /// Run the cargo-fuzz targets of `fuzz/` (needs cargo-fuzz; see docs/fuzzing.md).
     Fuzz(fuzz::FuzzArgs),
     /// Regenerate `docs/configuration.md` from the gateway's setting definitions.
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
         Chore::Docs { check } => docs(&root, check),
         Chore::Handbook { check } => handbook::handbook(&root, check),
         Chore::Bench(args) => bench::bench(&root, args),
+        Chore::Compare(args) => compare::compare(&root, args),
         Chore::Fuzz(args) => fuzz::fuzz(&root, args),
     }
 }

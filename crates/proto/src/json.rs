@@ -156,14 +156,14 @@ fn write_source(out: &mut Vec<u8>, source: &EventSource) {
 fn write_parameters(out: &mut Vec<u8>, parameters: &EventParameters) -> Result<(), RenderError> {
     let mut obj = Object::open(out);
     if parameters.version != 0 {
-        write_display(obj.key("version"), parameters.version);
+        write_int(obj.key("version"), parameters.version);
     }
     if !parameters.legacy_metadata.is_empty() {
         let mut map = Object::open(obj.key("legacyMetadata"));
         for (key, value) in &parameters.legacy_metadata {
             let out = map.dynamic_key(key);
             out.push(b'"');
-            write_display(out, value);
+            write_int(out, *value);
             out.push(b'"');
         }
         map.close();
@@ -193,7 +193,7 @@ fn write_user(out: &mut Vec<u8>, user: &EventUser) {
     if let Some(user_id) = user.user_id {
         let out = obj.key("userId");
         out.push(b'"');
-        write_display(out, user_id);
+        write_int(out, user_id);
         out.push(b'"');
     }
     obj.opt_str_field("anonymousUserId", user.anonymous_user_id.as_deref());
@@ -326,10 +326,17 @@ impl<'a> Object<'a> {
     }
 }
 
+fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
 fn write_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{value}");
 }
+
+/// 2^53: every integer below it is exactly representable as a double.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 
 /// Go's protojson double formatting: shortest round-trip digits, plain notation unless the
 /// magnitude is below 1e-6 or at least 1e21, exponents as `e+21` / `e-7`, and NaN/Infinity as
@@ -343,7 +350,14 @@ fn write_double(out: &mut Vec<u8>, value: f64) {
         out.extend_from_slice(b"\"-Infinity\"");
     } else {
         let magnitude = value.abs();
-        if magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
+        // Whole numbers below 2^53 (counts, sizes, flags: nearly every metadata value) print as
+        // their integer digits in both Go's shortest form and Rust's; -0 keeps its sign below.
+        if value.fract() == 0.0
+            && magnitude < MAX_EXACT_INTEGER
+            && !(value == 0.0 && value.is_sign_negative())
+        {
+            write_int(out, value as i64);
+        } else if magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
             let start = out.len();
             write_display(out, format_args!("{value:e}"));
             if let Some(e) = out[start..].iter().position(|b| *b == b'e') {
@@ -356,6 +370,26 @@ fn write_double(out: &mut Vec<u8>, value: f64) {
             write_display(out, value);
         }
     }
+}
+
+/// Whether any of the eight bytes of `word` is one that [`ESCAPE`] marks (a control character,
+/// `"`, `\\`, `<`, `>`, `&`, or 0xE2, which may start U+2028/U+2029). Exact: each test below is
+/// the classic has-zero-byte / has-byte-less-than bit trick, which has no false negatives and,
+/// as a whole-word yes/no, no false positives.
+fn needs_attention(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let has_byte = |byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
+    let has_control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (has_control
+        | has_byte(b'"')
+        | has_byte(b'\\')
+        | has_byte(b'<')
+        | has_byte(b'>')
+        | has_byte(b'&')
+        | has_byte(0xE2))
+        != 0
 }
 
 /// Which bytes need attention inside a JSON string: 1 = escape, 2 = possible U+2028/U+2029.
@@ -384,7 +418,14 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
+        // Eight bytes at a time past text that needs nothing (most of every string).
+        while let Some(word) = bytes.get(i..i + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(word)
+            && !needs_attention(u64::from_le_bytes(word))
+        {
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         match ESCAPE[b as usize] {
             0 => {
                 i += 1;
@@ -524,12 +565,22 @@ mod tests {
             (-2.5e-10, "-2.5e-10"),
             (0.1 + 0.2, "0.30000000000000004"),
             (9007199254740993.0, "9007199254740992"),
+            (9007199254740991.0, "9007199254740991"),
+            (-9007199254740991.0, "-9007199254740991"),
+            (-5.0, "-5"),
+            (1e15, "1000000000000000"),
             (f64::NAN, "\"NaN\""),
             (f64::INFINITY, "\"Infinity\""),
             (f64::NEG_INFINITY, "\"-Infinity\""),
         ];
         for (value, expected) in cases {
             assert_eq!(double(value), expected, "{value:?}");
+        }
+        // The whole-number fast path agrees with the general one.
+        for value in [1.0, 7.0, 42.0, 1e3, 123_456_789.0, 4_503_599_627_370_496.0] {
+            for value in [value, -value] {
+                assert_eq!(double(value), format!("{value}"), "{value:?}");
+            }
         }
     }
 
@@ -545,6 +596,30 @@ mod tests {
             "\"\\u2028\\u2029\u{2027}\""
         );
         assert_eq!(string("héllo ✓ \u{7f}"), "\"héllo ✓ \u{7f}\"");
+    }
+
+    #[test]
+    fn the_word_test_marks_exactly_the_bytes_the_table_marks() {
+        for marked in 0..=255u8 {
+            for position in 0..8 {
+                for filler in [b'a', 0x7f, 0xff, 0x21, 0x80] {
+                    let mut word = [filler; 8];
+                    word[position] = marked;
+                    let expected = word.iter().any(|&b| ESCAPE[b as usize] != 0);
+                    assert_eq!(
+                        needs_attention(u64::from_le_bytes(word)),
+                        expected,
+                        "{word:?}"
+                    );
+                }
+            }
+        }
+        // Escapes found in every position of a long string.
+        for at in 0..20 {
+            let mut text = "x".repeat(20);
+            text.replace_range(at..=at, "<");
+            assert_eq!(string(&text).matches("\\u003c").count(), 1, "{text}");
+        }
     }
 
     #[test]

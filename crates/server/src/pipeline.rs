@@ -151,7 +151,10 @@ pub fn prepare_payload(
         slots: Vec::with_capacity(events.len()),
     };
     // The slot that speaks for each ID: its published event if there is one, else its first.
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(events.len());
+    // foldhash, randomly seeded per process: SipHash cost more than the rest of this loop, and
+    // the seed keeps a sender from choosing colliding IDs.
+    let mut by_id: HashMap<String, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     let mut json = Vec::with_capacity(1024);
     for mut event in events {
         let index = prepared.slots.len();

@@ -15,7 +15,7 @@ use telemetry_gateway_proto::v1::{
     RecordEventsRequestMetadata, RecordEventsResponse,
 };
 use telemetry_gateway_sink::{EventSink, PublishOutcome};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -61,6 +61,8 @@ pub struct EventGateway {
     budget: InflightBudget,
     rate_limiter: Option<RateLimiter>,
     dead_letters: Option<Arc<DeadLetters>>,
+    /// One permit per core: how many large payloads are prepared on the blocking pool at once.
+    preparers: Arc<Semaphore>,
 }
 
 impl EventGateway {
@@ -81,6 +83,9 @@ impl EventGateway {
             budget: InflightBudget::unlimited(),
             rate_limiter: None,
             dead_letters: None,
+            preparers: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            )),
         }
     }
 
@@ -306,11 +311,17 @@ impl EventGateway {
     }
 
     /// Migrates, validates and renders a payload; a large one off the async workers, so that it
-    /// does not hold a worker (and the streams waiting on it) for long.
+    /// does not hold a worker (and the streams waiting on it) for long. Large payloads take
+    /// turns, one per core: more at once would only add threads (each with its own allocator
+    /// cache) competing for the same cores.
     async fn prepare(&self, events: Vec<Event>, source: &Source) -> PreparedPayload {
         if events.len() < PREPARE_INLINE_EVENTS {
             return prepare_payload(events, source, &self.policy);
         }
+        let Ok(_turn) = self.preparers.acquire().await else {
+            // The semaphore is never closed.
+            return PreparedPayload::default();
+        };
         let (source, policy) = (source.clone(), self.policy);
         match tokio::task::spawn_blocking(move || prepare_payload(events, &source, &policy)).await {
             Ok(prepared) => prepared,

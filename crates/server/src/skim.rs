@@ -25,10 +25,22 @@ struct Table {
 
 #[derive(Debug, Default)]
 struct KindInfo {
-    /// Field number → the index of the field's message type.
-    message_fields: HashMap<u32, usize>,
+    /// Indexed by field number: the index of the field's message type, for fields that are
+    /// messages (a dense table: the protocol's field numbers are small, and this lookup runs for
+    /// every length-delimited field of every message).
+    message_fields: Vec<Option<usize>>,
     /// Whether this is `telemetrygateway.v1.Event`.
     is_event: bool,
+}
+
+impl KindInfo {
+    /// The message type of field `number`, if it is a message field.
+    fn message_field(&self, number: u32) -> Option<usize> {
+        self.message_fields
+            .get(usize::try_from(number).ok()?)
+            .copied()
+            .flatten()
+    }
 }
 
 /// The event message's full name.
@@ -43,7 +55,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
         let index = table.kinds.len();
         table.by_name.insert(message.full_name().to_string(), index);
         table.kinds.push(KindInfo {
-            message_fields: HashMap::new(),
+            message_fields: Vec::new(),
             is_event: message.full_name() == EVENT,
         });
     }
@@ -53,9 +65,12 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
             if let Kind::Message(child) = field.kind()
                 && let Some(&child) = table.by_name.get(child.full_name())
             {
-                table.kinds[index]
-                    .message_fields
-                    .insert(field.number(), child);
+                let fields = &mut table.kinds[index].message_fields;
+                let number = field.number() as usize;
+                if fields.len() <= number {
+                    fields.resize(number + 1, None);
+                }
+                fields[number] = Some(child);
             }
         }
     }
@@ -162,6 +177,14 @@ impl Skim {
             return Err(SkimError::Malformed("more bytes than the message length"));
         }
         while !data.is_empty() {
+            // The fast path: a whole tag and its length or value are in `data`, so they are read
+            // straight from the slice rather than byte by byte through the state machine.
+            if matches!(self.state, State::Tag { shift: 0, .. })
+                && data.len() >= 2 * MAX_VARINT_BYTES
+            {
+                data = self.field_at(data)?;
+                continue;
+            }
             match &mut self.state {
                 State::Skip(remaining) => {
                     let take = (*remaining).min(data.len() as u64);
@@ -225,6 +248,39 @@ impl Skim {
         Ok(())
     }
 
+    /// Reads one field's tag and its varint value or length from the start of `data`, which
+    /// holds at least two varints' worth of bytes, and returns the rest. What it does is what
+    /// the byte-by-byte states do for the same bytes.
+    fn field_at<'a>(&mut self, data: &'a [u8]) -> Result<&'a [u8], SkimError> {
+        let (tag, tag_bytes) = read_varint(data)?;
+        let field = u32::try_from(tag >> 3)
+            .map_err(|_| SkimError::Malformed("field number out of range"))?;
+        if field == 0 {
+            return Err(SkimError::Malformed("field number 0"));
+        }
+        let rest = &data[tag_bytes..];
+        let (taken, rest) = match tag & 7 {
+            0 => {
+                let (_, value_bytes) = read_varint(rest)?;
+                self.pos += (tag_bytes + value_bytes) as u64;
+                self.pop_finished()?;
+                return Ok(&rest[value_bytes..]);
+            }
+            1 => (8, rest),
+            5 => (4, rest),
+            2 => {
+                let (len, len_bytes) = read_varint(rest)?;
+                self.pos += (tag_bytes + len_bytes) as u64;
+                self.start_field(field, len)?;
+                return Ok(&rest[len_bytes..]);
+            }
+            _ => return Err(SkimError::Malformed("unsupported wire type")),
+        };
+        self.pos += tag_bytes as u64;
+        self.state = State::Skip(taken);
+        Ok(rest)
+    }
+
     /// Checks that the message ended after `len` bytes, at a field boundary, and returns its
     /// shape.
     pub fn finish(&self, len: usize) -> Result<Shape, SkimError> {
@@ -251,8 +307,7 @@ impl Skim {
         let child = TABLE
             .kinds
             .get(parent.kind)
-            .and_then(|kind| kind.message_fields.get(&field))
-            .copied();
+            .and_then(|kind| kind.message_field(field));
         let Some(child) = child else {
             self.state = if len == 0 { TAG } else { State::Skip(len) };
             if len == 0 {
@@ -289,6 +344,22 @@ impl Skim {
         }
         Ok(())
     }
+}
+
+/// The most bytes a varint takes.
+const MAX_VARINT_BYTES: usize = 10;
+
+/// Reads a whole varint from the start of `data`, which holds at least [`MAX_VARINT_BYTES`]:
+/// its value and its length (as [`varint_step`] would, byte by byte).
+fn read_varint(data: &[u8]) -> Result<(u64, usize), SkimError> {
+    let mut value = 0;
+    for (i, &byte) in data.iter().take(MAX_VARINT_BYTES).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(SkimError::Malformed("varint too long"))
 }
 
 /// Adds `byte` to a varint being read; `Some(value)` once it is complete.
@@ -429,6 +500,40 @@ mod tests {
         let mut lying = bytes.clone();
         lying[3] = 100;
         assert!(skim_in_chunks(&lying, 4, 10).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whole slices (the fast path) and single bytes (only the state machine) agree on any
+        /// input, valid or not.
+        #[test]
+        fn the_fast_path_agrees_with_the_state_machine(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            ids in proptest::collection::vec("[a-z]{0,40}", 0..5),
+            cut in 0usize..400,
+        ) {
+            let events = ids
+                .into_iter()
+                .map(|id| Event {
+                    id,
+                    parameters: Some(EventParameters {
+                        private_metadata: Some(struct_with(2, 1)),
+                        metadata: [("k".to_string(), 1.5)].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            let mut valid = events_request(events);
+            let cut = cut.min(valid.len());
+            let mut corrupted = valid[..cut].to_vec();
+            corrupted.extend(&noise);
+            valid.extend(&noise[..noise.len().min(3)]);
+            for bytes in [valid, corrupted, noise] {
+                let whole = skim_in_chunks(&bytes, bytes.len(), 100);
+                let bytewise = skim_in_chunks(&bytes, 1, 100);
+                proptest::prop_assert_eq!(whole, bytewise);
+            }
+        }
     }
 
     #[test]

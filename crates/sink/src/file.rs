@@ -217,17 +217,17 @@ impl FileSink {
             .await
             .map_err(|_| SHUT_DOWN.to_string())?;
 
-        let mut lines = Vec::with_capacity(size);
-        for (event, verdict) in events.iter().zip(verdicts) {
-            if verdict.is_ok() {
-                lines.extend_from_slice(&event.payload);
-                lines.push(b'\n');
-            }
-        }
+        let lines = events
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_ok())
+            .map(|(event, _)| event.payload.clone())
+            .collect();
         let (reply, answer) = oneshot::channel();
         queue
             .send(Batch {
                 lines,
+                size: size as u64,
                 reply,
                 _budget: budget,
             })
@@ -349,7 +349,7 @@ fn log_repair(repair: &segment::Repair) {
 fn fits_one_line(payload: &[u8]) -> Result<(), String> {
     if payload.is_empty() {
         Err("the payload is empty and cannot be an NDJSON line".to_string())
-    } else if payload.contains(&b'\n') {
+    } else if memchr::memchr(b'\n', payload).is_some() {
         Err("the payload contains a line break and cannot be one NDJSON line".to_string())
     } else {
         Ok(())

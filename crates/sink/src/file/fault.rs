@@ -7,11 +7,17 @@
 //! (a truncation is made durable before anything else happens, say).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Lines per vectored write: two buffers each (the line and its break), within Linux's
+/// 1,024-buffer limit per call.
+const MAX_LINES_PER_WRITE: usize = 512;
 
 /// One step of the writer, as recorded by [`FaultInjection::steps`].
 #[doc(hidden)]
@@ -125,17 +131,45 @@ impl FaultInjection {
         OpenOptions::new().append(true).create_new(true).open(path)
     }
 
-    /// Appends `bytes` to `file`.
-    pub(super) fn write_all(&self, mut file: &File, bytes: &[u8]) -> io::Result<()> {
+    /// Appends each of `lines` to `file`, each followed by a line break, with as few system
+    /// calls as the kernel allows (the payloads are written from where they are, not copied into
+    /// one buffer first).
+    pub(super) fn write_lines(&self, mut file: &File, lines: &[Bytes]) -> io::Result<()> {
         self.record(Step::Write);
         if self.0.fail_writes.load(Ordering::SeqCst) {
-            file.write_all(&bytes[..bytes.len() / 2])?;
+            let all: Vec<u8> = lines
+                .iter()
+                .flat_map(|line| [&line[..], b"\n"])
+                .flatten()
+                .copied()
+                .collect();
+            file.write_all(&all[..all.len() / 2])?;
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "no space left on device (injected fault)",
             ));
         }
-        file.write_all(bytes)
+        for chunk in lines.chunks(MAX_LINES_PER_WRITE) {
+            let mut slices: Vec<IoSlice<'_>> = chunk
+                .iter()
+                .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")])
+                .collect();
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                match file.write_vectored(slices) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "failed to write whole buffer",
+                        ));
+                    }
+                    Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes `file`'s data (and its length) durable.

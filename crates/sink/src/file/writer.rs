@@ -6,17 +6,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::Shared;
 use super::fault::FaultInjection;
 use super::segment::{self, Segment};
 
-/// One publish call's accepted events, rendered as NDJSON lines, waiting for the writer.
+/// One publish call's accepted events, waiting for the writer to append them as NDJSON lines.
 #[derive(Debug)]
 pub(super) struct Batch {
-    /// Each payload followed by `\n`.
-    pub(super) lines: Vec<u8>,
+    /// The payloads, each one line without its line break (shared with the publisher's events,
+    /// not copied).
+    pub(super) lines: Vec<Bytes>,
+    /// The bytes they take in the file, line breaks included.
+    pub(super) size: u64,
     /// Answered once the lines are durable (`Ok`) or certainly not in the file (`Err`).
     pub(super) reply: oneshot::Sender<Result<(), String>>,
     /// This batch's share of the queue budget, released when the batch is answered.
@@ -77,7 +81,7 @@ impl Writer {
         let mut pending = Vec::with_capacity(group.len());
         let mut pending_bytes = 0;
         for batch in group {
-            let size = batch.lines.len() as u64;
+            let size = batch.size;
             let used = self.current_len() + pending_bytes;
             if used > 0 && used + size > self.max_file_bytes {
                 self.commit(mem::take(&mut pending));
@@ -106,10 +110,7 @@ impl Writer {
         let Err((path, before, failure)) = self.try_append(batches) else {
             return Ok(());
         };
-        let events: usize = batches
-            .iter()
-            .map(|batch| batch.lines.iter().filter(|&&byte| byte == b'\n').count())
-            .sum();
+        let events: usize = batches.iter().map(|batch| batch.lines.len()).sum();
         let reason = match &failure {
             Failure::Open(error) => format!(
                 "file sink cannot create a file under {}: {error}",
@@ -145,9 +146,9 @@ impl Writer {
         let mut written = 0;
         for batch in batches {
             self.faults
-                .write_all(&segment.file, &batch.lines)
+                .write_lines(&segment.file, &batch.lines)
                 .map_err(|error| fail(Failure::Write(error)))?;
-            written += batch.lines.len() as u64;
+            written += batch.size;
         }
         self.faults
             .sync_data(&segment.file)
