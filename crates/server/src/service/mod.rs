@@ -1,33 +1,30 @@
-//! `TelemeteryGatewayService`: the RecordEvents stream and the unary RecordEvent.
+//! The events service's work: who is sending (`identify`), a payload's way to the sink and back
+//! (`process_payload`), the `RecordEvents` protocol ([`stream`]) and the unary `RecordEvent`.
+//! The tonic adapter ([`grpc`]) composes them with the concerns every call shares
+//! (`crate::rpc`).
+
+mod grpc;
+mod stream;
+
+pub use grpc::GrpcService;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::Stream;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_proto::v1::identifier::Identifier;
-use telemetry_gateway_proto::v1::record_events_request::Payload;
-use telemetry_gateway_proto::v1::telemetery_gateway_service_server::TelemeteryGatewayService;
-use telemetry_gateway_proto::v1::{
-    Event, RecordEventRequest, RecordEventResponse, RecordEventsRequest,
-    RecordEventsRequestMetadata, RecordEventsResponse,
-};
+use telemetry_gateway_proto::v1::{Event, RecordEventRequest, RecordEventsRequestMetadata};
 use telemetry_gateway_sink::{EventSink, PublishOutcome};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::budget::{InflightBudget, StreamLedger};
+use crate::budget::InflightBudget;
 use crate::dead_letter::DeadLetters;
-use crate::error::{ServerError, receive_error};
-use crate::lifecycle::{ActiveWork, Lifecycle};
-use crate::limits::LimitViolation;
-use crate::managed::{ManagedAuthError, ManagedServiceAuthorizer};
+use crate::error::ServerError;
+use crate::lifecycle::Lifecycle;
+use crate::managed::ManagedServiceAuthorizer;
 use crate::metrics::Metrics;
 use crate::payload_log::{CANCELED, bounded, log_oversized, log_summary};
 use crate::pipeline::DropReason;
@@ -36,19 +33,13 @@ use crate::pipeline::{
     prepare_single, summarize, take_refusals,
 };
 use crate::rate_limit::RateLimiter;
-use crate::rpc_metrics::RpcMethod;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
-use crate::tracing_context::link_sender_trace;
 
 /// Payloads of this many events or more are prepared on the blocking pool.
 const PREPARE_INLINE_EVENTS: usize = 256;
 
 /// Identifiers a sender chose (request, instance and service IDs, URLs) are logged cut to this.
 const MAX_LOGGED_ID_BYTES: usize = 256;
-
-/// A stream taking longer than this is logged as slow (a warning: a sender can hold a stream
-/// open at will, so it is not an error and never reaches Sentry).
-const SLOW_STREAM: Duration = Duration::from_secs(30);
 
 /// Everything a request needs: the sink, the credential checks, and the event policy.
 pub struct EventGateway {
@@ -112,14 +103,12 @@ impl EventGateway {
         self
     }
 
-    /// Takes `events` from `source`'s rate limit, if there is one; a refusal is counted.
+    /// Takes `events` from `source`'s rate limit, if there is one.
     fn check_rate_limit(&self, source: &Source, events: usize) -> Result<(), ServerError> {
         let Some(limiter) = &self.rate_limiter else {
             return Ok(());
         };
-        limiter
-            .check(source.rate_limit_key(), events)
-            .inspect_err(|_| self.metrics.payload_refused("rate_limit"))
+        limiter.check(source.rate_limit_key(), events)
     }
 
     /// Records metrics with `metrics` instead of the global meter provider's instruments.
@@ -157,10 +146,10 @@ impl EventGateway {
             Some(Identifier::LicensedInstance(licensed)) => {
                 let max = self.budget.limits().max_license_key_bytes;
                 if licensed.license_key.len() > max {
-                    return Err(self.budget.violation(LimitViolation::LicenseKeyTooLong {
+                    return Err(ServerError::LicenseKeyTooLong {
                         len: licensed.license_key.len(),
                         max,
-                    }));
+                    });
                 }
                 let verified = self
                     .licenses
@@ -322,141 +311,6 @@ impl EventGateway {
         }
     }
 
-    /// Handles one `RecordEvents` stream until the sender half-closes or an error ends it.
-    /// `_work` keeps the stream counted as in progress until it ends, so a drain waits for it.
-    async fn run_stream(
-        self: Arc<Self>,
-        headers: MetadataMap,
-        mut inbound: Streaming<RecordEventsRequest>,
-        ledger: Arc<StreamLedger>,
-        responses: mpsc::Sender<Result<RecordEventsResponse, Status>>,
-        _work: ActiveWork,
-    ) {
-        let _open = self.metrics.stream_opened();
-        let started = Instant::now();
-        let lifetime = self.budget.limits().stream_lifetime;
-        let end_of_life = tokio::time::Instant::from_std(started) + lifetime;
-        let mut source: Option<Source> = None;
-        let mut total_events = 0usize;
-        let outcome: Result<(), Status> = loop {
-            // While draining, a payload being processed is finished and answered, but a stream
-            // waiting for its next message is ended: nothing of it is unacknowledged-but-kept.
-            // A stream is cut at its lifetime, as the original's HTTP server did; a payload being
-            // processed is finished and answered first.
-            let received = tokio::select! {
-                biased;
-                received = inbound.message() => received,
-                () = self.lifecycle.draining() => break Err(ServerError::ShuttingDown.into()),
-                () = tokio::time::sleep_until(end_of_life) => {
-                    let violation = LimitViolation::StreamLifetime(lifetime);
-                    break Err(self.budget.violation(violation).into());
-                }
-            };
-            let message = match received {
-                Ok(Some(message)) => {
-                    self.metrics.rpc().received(RpcMethod::RecordEvents);
-                    message
-                }
-                Ok(None) => break Ok(()),
-                Err(status) => break Err(receive_error(status)),
-            };
-            // Held until this message is answered: its share of the memory budget.
-            let mut reservation = ledger.take();
-            match message.payload {
-                None => continue,
-                Some(Payload::Metadata(metadata)) => {
-                    if source.is_some() {
-                        break Err(ServerError::MetadataTwice.into());
-                    }
-                    // A SAMS check may take a while; a caller that leaves meanwhile is
-                    // reported as canceled, as the original does.
-                    let identified = tokio::select! {
-                        identified = self.identify(&metadata, &headers) => identified,
-                        () = responses.closed() => Err(ManagedAuthError::Canceled.into()),
-                    };
-                    match identified {
-                        Ok(identified) => {
-                            tracing::Span::current()
-                                .record("source", identified.publisher_source());
-                            // Every event's payload repeats it: part of a payload's cost.
-                            ledger.set_metadata_json_len(identified.metadata_json().len());
-                            source = Some(identified);
-                        }
-                        Err(err) => {
-                            self.metrics.request_failed(&err);
-                            break Err(err.into());
-                        }
-                    }
-                }
-                Some(Payload::Events(payload)) => {
-                    let Some(source) = source.as_ref() else {
-                        break Err(ServerError::EventsBeforeMetadata.into());
-                    };
-                    if let Err(err) = self.check_rate_limit(source, payload.events.len()) {
-                        break Err(err.into());
-                    }
-                    total_events += payload.events.len();
-                    let summary = self
-                        .process_payload_until(source, payload.events, responses.closed())
-                        .await;
-                    // The events are handed off or failed: their room is free (even if the
-                    // sender is slow to read the response), but for the receive buffer the
-                    // stream keeps while it is open.
-                    ledger.keep_receive_buffer(&mut reservation);
-                    drop(reservation);
-                    let response = RecordEventsResponse {
-                        succeeded_events: summary.succeeded,
-                    };
-                    if responses.send(Ok(response)).await.is_err() {
-                        // The sender went away; unacknowledged events will be retried.
-                        break Ok(());
-                    }
-                    self.metrics.rpc().sent(RpcMethod::RecordEvents);
-                }
-            }
-        };
-        let publisher = source.as_ref().map_or("invalid", Source::publisher_source);
-        let duration = started.elapsed();
-        self.metrics
-            .stream_ended(total_events, outcome.is_err(), publisher);
-        let span = tracing::Span::current();
-        let code = outcome.as_ref().map_or_else(Status::code, |()| Code::Ok);
-        self.metrics
-            .rpc()
-            .handled(RpcMethod::RecordEvents, code, duration);
-        span.record("rpc.grpc.status_code", code as i32);
-        if let Err(status) = &outcome {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", status.message());
-        }
-        match &outcome {
-            Err(status) => tracing::warn!(
-                source = publisher,
-                code = ?status.code(),
-                error = status.message(),
-                events = total_events,
-                duration = duration.as_secs_f64(),
-                "request failed"
-            ),
-            Ok(()) if duration > SLOW_STREAM => tracing::warn!(
-                source = publisher,
-                reason = "slow request",
-                events = total_events,
-                duration = duration.as_secs_f64(),
-                "request done"
-            ),
-            Ok(()) => tracing::info!(
-                source = publisher,
-                events = total_events,
-                duration = duration.as_secs_f64(),
-                "request done"
-            ),
-        }
-        if let Err(status) = outcome {
-            let _ = responses.send(Err(status)).await;
-        }
-    }
-
     /// Handles a unary `RecordEvent`.
     pub async fn record_event(
         &self,
@@ -465,7 +319,7 @@ impl EventGateway {
     ) -> Result<(), ServerError> {
         let result = self.record_event_inner(request, headers).await;
         if let Err(err) = &result {
-            self.metrics.request_failed(err);
+            err.report(&self.metrics);
         }
         result
     }
@@ -573,115 +427,8 @@ impl EventGateway {
     }
 }
 
-/// The span of one RPC. A sender's W3C trace context is linked, never used as the parent: a
-/// sender must not be able to attach our spans to its traces (or sample them away).
-fn rpc_span(method: &'static str, headers: &MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!(
-        // A root whatever span is current: each RPC starts a trace of its own.
-        parent: None,
-        "telemetrygateway.v1.TelemeteryGatewayService",
-        otel.name = format!("telemetrygateway.v1.TelemeteryGatewayService/{method}"),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = "telemetrygateway.v1.TelemeteryGatewayService",
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
-        source = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-    );
-    link_sender_trace(&span, headers);
-    span
-}
-
 /// A count as a span attribute: the OpenTelemetry layer turns `usize` (recorded as `u64`) into a
 /// string, and `i64` into an integer.
 fn count_attribute(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-/// The tonic service: a thin adapter from gRPC to [`EventGateway`].
-#[derive(Clone)]
-pub struct GrpcService {
-    gateway: Arc<EventGateway>,
-}
-
-impl GrpcService {
-    /// Serves `gateway` over gRPC.
-    pub fn new(gateway: Arc<EventGateway>) -> GrpcService {
-        GrpcService { gateway }
-    }
-}
-
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<RecordEventsResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl TelemeteryGatewayService for GrpcService {
-    type RecordEventsStream = ResponseStream;
-
-    async fn record_events(
-        &self,
-        request: Request<Streaming<RecordEventsRequest>>,
-    ) -> Result<Response<Self::RecordEventsStream>, Status> {
-        let rpc = self.gateway.metrics.rpc();
-        rpc.started(RpcMethod::RecordEvents);
-        let Some(work) = self.gateway.lifecycle.enter() else {
-            let status = Status::from(ServerError::ShuttingDown);
-            rpc.handled(RpcMethod::RecordEvents, status.code(), Duration::ZERO);
-            return Err(status);
-        };
-        let (headers, extensions, inbound) = request.into_parts();
-        let ledger = extensions
-            .get::<Arc<StreamLedger>>()
-            .cloned()
-            .unwrap_or_default();
-        let span = rpc_span("RecordEvents", &headers);
-        // Room for one response while the next payload is processed.
-        let (responses, receiver) = mpsc::channel(2);
-        tokio::spawn(
-            self.gateway
-                .clone()
-                .run_stream(headers, inbound, ledger, responses, work)
-                .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
-    }
-
-    async fn record_event(
-        &self,
-        request: Request<RecordEventRequest>,
-    ) -> Result<Response<RecordEventResponse>, Status> {
-        let started = Instant::now();
-        let rpc = self.gateway.metrics.rpc();
-        rpc.started(RpcMethod::RecordEvent);
-        let Some(_work) = self.gateway.lifecycle.enter() else {
-            let status = Status::from(ServerError::ShuttingDown);
-            rpc.handled(RpcMethod::RecordEvent, status.code(), started.elapsed());
-            return Err(status);
-        };
-        rpc.received(RpcMethod::RecordEvent);
-        let (headers, extensions, request) = request.into_parts();
-        // Held until the call is answered: the event's share of the memory budget.
-        let _reservation = extensions
-            .get::<Arc<StreamLedger>>()
-            .map(|ledger| ledger.take());
-        let span = rpc_span("RecordEvent", &headers);
-        let result = self
-            .gateway
-            .record_event(request, &headers)
-            .instrument(span.clone())
-            .await;
-        let code = result.as_ref().map_or_else(|err| err.code(), |_| Code::Ok);
-        if result.is_ok() {
-            rpc.sent(RpcMethod::RecordEvent);
-        }
-        rpc.handled(RpcMethod::RecordEvent, code, started.elapsed());
-        span.record("rpc.grpc.status_code", code as i32);
-        if let Err(err) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", err.to_string());
-        }
-        result?;
-        Ok(Response::new(RecordEventResponse {}))
-    }
 }
