@@ -292,14 +292,44 @@ impl ServerError {
     }
 
     /// The level of the line logged where the refusal happens, if it has one of its own (every
-    /// failed call is also in its RPC's closing line). A sender's load or limits are warnings:
-    /// a sender causes them at will, so they never reach Sentry.
+    /// failed call is also in its RPC's closing line). The memory budget and the sender limits
+    /// are warnings: a sender reaches them at will, so they never go to Sentry.
     pub fn level(&self) -> Option<Level> {
-        match self.counted() {
-            Some(Counted::PayloadRefused("rate_limit")) | Some(Counted::AuthFailure(_)) | None => {
-                None
-            }
-            Some(Counted::PayloadRefused(_)) => Some(Level::WARN),
+        use ServerError as E;
+        match self {
+            E::OverBudget { .. }
+            | E::TooManyEvents { .. }
+            | E::MetadataTooLarge { .. }
+            | E::LicenseKeyTooLong { .. }
+            | E::UnaryTooLarge { .. }
+            | E::MessageTooCostly { .. }
+            | E::ConnectionShare { .. }
+            | E::DecompressedTooLarge { .. }
+            | E::StreamLifetime(_)
+            | E::Idle(_)
+            | E::TooSlow { .. }
+            | E::UnaryExtraMessage
+            | E::Malformed(_) => Some(Level::WARN),
+            E::MetadataTwice
+            | E::EventsBeforeMetadata
+            | E::EventRequired
+            | E::InvalidEvent(_)
+            | E::PublishFailed(_)
+            | E::UnsupportedIdentifier
+            | E::InvalidLicenseKey(_)
+            | E::MissingInstanceId
+            | E::MissingServiceId
+            | E::NoTokenHeader
+            | E::NoTokenHeaderValue
+            | E::InvalidTokenHeader(_)
+            | E::TokenCheckFailed
+            | E::Canceled
+            | E::TokenCheckOverloaded
+            | E::PermissionDenied
+            | E::ManagedAuthNotConfigured(_)
+            | E::ShuttingDown
+            | E::RateLimited { .. }
+            | E::MessageTooLarge(_) => None,
         }
     }
 
@@ -309,20 +339,22 @@ impl ServerError {
             ServerError::OverBudget { retry_after, .. }
             | ServerError::RateLimited { retry_after, .. }
             | ServerError::ConnectionShare { retry_after } => Some(*retry_after),
+            // Everything else is refused for good, or the sender is told nothing about when.
             _ => None,
         }
     }
 
     /// Counts this refusal in `metrics` and writes its own log line, if it has one. Call it
-    /// once per refusal, where the refusal is decided.
+    /// once per refusal, where the call it ends is ended.
     pub fn report(&self, metrics: &Metrics) {
-        if let Some(counted) = self.counted() {
+        let counted = self.counted();
+        if let Some(counted) = counted {
             metrics.refusal(counted);
         }
         if self.level() != Some(Level::WARN) {
             return;
         }
-        match (self, self.counted()) {
+        match (self, counted) {
             (ServerError::OverBudget { limit, used, .. }, _) => {
                 tracing::warn!(limit, used, "payload refused: the memory budget is used up")
             }
