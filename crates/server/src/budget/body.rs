@@ -582,3 +582,161 @@ impl HttpBody for BudgetedBody {
         http_body::SizeHint::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use prost::Message;
+    use telemetry_gateway_proto::v1::record_events_request::{EventsPayload, Payload};
+    use telemetry_gateway_proto::v1::{Event, RecordEventsRequest};
+    use tonic::Code;
+
+    use super::*;
+    use crate::budget::cost::request_cost;
+
+    fn frame(message: &[u8], compressed: bool) -> Vec<u8> {
+        let mut framed = vec![u8::from(compressed)];
+        framed.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        framed.extend_from_slice(message);
+        framed
+    }
+
+    fn events(count: usize) -> Vec<u8> {
+        RecordEventsRequest {
+            payload: Some(Payload::Events(EventsPayload {
+                events: vec![Event::default(); count],
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    /// A request body of `chunks`, then its end.
+    fn body(chunks: Vec<Vec<u8>>) -> Body {
+        let frames = chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))));
+        Body::new(StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    fn metrics() -> Metrics {
+        Metrics::new(&opentelemetry::global::meter("test"))
+    }
+
+    /// Reads a budgeted body to its end: the bytes passed on, or the status it ended with.
+    async fn read(body: Body) -> Result<Vec<u8>, Status> {
+        let collected = body.collect().await?;
+        Ok(collected.to_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn messages_pass_on_unchanged_split_anywhere_and_their_room_is_held() {
+        let budget = InflightBudget::new(1 << 20, Duration::from_millis(100));
+        let (first, second) = (frame(&events(3), false), frame(&events(1), false));
+        let wire = [first.clone(), second].concat();
+        // Split mid-header and mid-message.
+        let chunks = vec![
+            wire[..3].to_vec(),
+            wire[3..20].to_vec(),
+            wire[20..].to_vec(),
+        ];
+        let (body, ledger) = budgeted(&budget, &metrics(), body(chunks), false, None, None);
+        assert_eq!(read(body).await.expect("admitted"), wire);
+        // The first message is priced as a stream's metadata of unknown rendering would be.
+        let expected = request_cost(
+            &RecordEventsRequest::decode(&first[HEADER_LEN..]).expect("valid"),
+            (first.len() - HEADER_LEN) * UNKNOWN_METADATA_FACTOR,
+        )
+        .expect("valid");
+        let held = ledger.take();
+        assert_eq!(held.part_bytes(Part::Held), expected);
+        assert_eq!(held.part_bytes(Part::Receive), 0, "receive room is back");
+        assert!(
+            ledger.take().bytes() > 0,
+            "the second message holds room too"
+        );
+        drop((held, ledger));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_compressed_message_is_passed_on_decompressed() {
+        use std::io::Write;
+        let budget = InflightBudget::new(1 << 24, Duration::from_millis(100));
+        let message = events(5);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&message).expect("in memory");
+        let compressed = encoder.finish().expect("in memory");
+        let input = body(vec![frame(&compressed, true)]);
+        let (body, _ledger) = budgeted(&budget, &metrics(), input, false, Some("gzip"), None);
+        assert_eq!(read(body).await.expect("admitted"), frame(&message, false));
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_carries_one_message() {
+        let budget = InflightBudget::unlimited();
+        let input = body(vec![frame(b"", false), frame(b"", false)]);
+        let (body, _ledger) = budgeted(&budget, &metrics(), input, true, None, None);
+        let status = read(body).await.expect_err("refused");
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::InvalidArgument,
+                "a unary call carries exactly one message"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_are_checked_at_the_header() {
+        let limits = Limits {
+            max_metadata_bytes: 10,
+            ..Limits::default()
+        };
+        let budget = InflightBudget::unlimited().with_limits(limits);
+        // Only the header arrives: the refusal does not wait for the message.
+        let input = body(vec![frame(&[0; 11], false)[..HEADER_LEN].to_vec()]);
+        let (body, _ledger) = budgeted(&budget, &metrics(), input, false, None, None);
+        let status = read(body).await.expect_err("refused");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .contains("TELEMETRY_GATEWAY_MAX_METADATA_BYTES"),
+            "{status:?}"
+        );
+        let compressed = body_without_encoding().await;
+        assert_eq!(compressed.code(), Code::InvalidArgument);
+    }
+
+    async fn body_without_encoding() -> Status {
+        let input = body(vec![frame(b"x", true)]);
+        let (body, _ledger) = budgeted(
+            &InflightBudget::unlimited(),
+            &metrics(),
+            input,
+            false,
+            None,
+            None,
+        );
+        read(body).await.expect_err("refused")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_nothing_ends_after_the_idle_timeout() {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(7),
+            ..Limits::default()
+        };
+        let budget = InflightBudget::unlimited().with_limits(limits);
+        let silent = Body::new(StreamBody::new(futures::stream::pending::<
+            Result<Frame<Bytes>, Infallible>,
+        >()));
+        let (body, _ledger) = budgeted(&budget, &metrics(), silent, false, None, None);
+        let started = Instant::now();
+        let status = read(body).await.expect_err("ended");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+}

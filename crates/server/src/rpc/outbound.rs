@@ -51,3 +51,27 @@ impl Outbound {
         self.sender.closed().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn responses_reach_the_stream_until_the_sender_leaves() {
+        let rpc = RpcMetrics::new(&opentelemetry::global::meter("test"));
+        let (outbound, mut stream) = Outbound::channel(rpc);
+        assert!(outbound.send(RecordEventsResponse::default()).await);
+        assert!(matches!(stream.next().await, Some(Ok(_))));
+        outbound.fail(Status::cancelled("bye")).await;
+        let failed = stream.next().await.and_then(Result::err);
+        assert_eq!(
+            failed.map(|status| status.message().to_string()),
+            Some("bye".into())
+        );
+        drop(stream);
+        outbound.closed().await;
+        assert!(!outbound.send(RecordEventsResponse::default()).await);
+    }
+}
