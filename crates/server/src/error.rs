@@ -214,123 +214,109 @@ pub enum Counted {
     PayloadRefused(&'static str),
 }
 
+/// How one refusal reaches the sender and the operator: its row in [`ServerError::wire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    /// The gRPC status code.
+    pub code: Code,
+    /// The counter and label it is counted under, if any.
+    pub counted: Option<Counted>,
+    /// The level of the line logged where it happens, if it has one of its own (every failed
+    /// call is also in its RPC's closing line).
+    pub level: Option<Level>,
+}
+
+/// Refused, not counted: the sender's mistake or the call's own end.
+const fn plain(code: Code) -> Wire {
+    Wire {
+        code,
+        counted: None,
+        level: None,
+    }
+}
+
+/// The sender's identity did not check out.
+const fn auth(code: Code, reason: &'static str) -> Wire {
+    Wire {
+        code,
+        counted: Some(Counted::AuthFailure(reason)),
+        level: None,
+    }
+}
+
+/// A sender limit or the memory budget: counted, and a warning where it happens (a sender
+/// reaches them at will, so they never go to Sentry).
+const fn limit(code: Code, reason: &'static str) -> Wire {
+    Wire {
+        code,
+        counted: Some(Counted::PayloadRefused(reason)),
+        level: Some(Level::WARN),
+    }
+}
+
 impl ServerError {
-    /// The gRPC status code the contract assigns to this refusal.
-    pub fn code(&self) -> Code {
+    /// Every refusal's row: its code, its metric and its log level. One arm per variant, so a
+    /// new refusal cannot be added without deciding all three.
+    pub fn wire(&self) -> Wire {
+        use Code::{
+            Cancelled, DeadlineExceeded, Internal, InvalidArgument, PermissionDenied,
+            ResourceExhausted, Unauthenticated, Unavailable, Unimplemented,
+        };
         use ServerError as E;
         match self {
-            E::MetadataTwice
-            | E::EventsBeforeMetadata
-            | E::EventRequired
-            | E::InvalidEvent(_)
-            | E::InvalidLicenseKey(_)
-            | E::MissingInstanceId
-            | E::MissingServiceId
-            | E::LicenseKeyTooLong { .. }
-            | E::UnaryExtraMessage
-            | E::Malformed(_) => Code::InvalidArgument,
-            E::UnsupportedIdentifier => Code::Unimplemented,
-            E::PublishFailed(_) | E::TokenCheckFailed => Code::Internal,
-            E::NoTokenHeader
-            | E::NoTokenHeaderValue
-            | E::InvalidTokenHeader(_)
-            | E::ManagedAuthNotConfigured(_) => Code::Unauthenticated,
-            E::Canceled => Code::Cancelled,
-            E::PermissionDenied => Code::PermissionDenied,
-            E::ShuttingDown | E::TokenCheckOverloaded => Code::Unavailable,
-            E::OverBudget { .. }
-            | E::RateLimited { .. }
-            | E::MessageTooLarge(_)
-            | E::TooManyEvents { .. }
-            | E::MetadataTooLarge { .. }
-            | E::UnaryTooLarge { .. }
-            | E::MessageTooCostly { .. }
-            | E::ConnectionShare { .. }
-            | E::DecompressedTooLarge { .. } => Code::ResourceExhausted,
-            E::StreamLifetime(_) | E::Idle(_) | E::TooSlow { .. } => Code::DeadlineExceeded,
+            E::MetadataTwice => plain(InvalidArgument),
+            E::EventsBeforeMetadata => plain(InvalidArgument),
+            E::EventRequired => plain(InvalidArgument),
+            E::InvalidEvent(_) => plain(InvalidArgument),
+            E::PublishFailed(_) => plain(Internal),
+            E::UnsupportedIdentifier => auth(Unimplemented, "unsupported_identifier"),
+            E::InvalidLicenseKey(_) => auth(InvalidArgument, "invalid_license_key"),
+            E::MissingInstanceId => auth(InvalidArgument, "missing_instance_id"),
+            E::MissingServiceId => auth(InvalidArgument, "missing_service_id"),
+            E::NoTokenHeader => auth(Unauthenticated, "missing_token"),
+            E::NoTokenHeaderValue => auth(Unauthenticated, "missing_token"),
+            E::InvalidTokenHeader(_) => auth(Unauthenticated, "invalid_token_header"),
+            E::TokenCheckFailed => auth(Internal, "token_check_failed"),
+            E::Canceled => plain(Cancelled),
+            E::TokenCheckOverloaded => auth(Unavailable, "token_check_overloaded"),
+            E::PermissionDenied => auth(PermissionDenied, "permission_denied"),
+            E::ManagedAuthNotConfigured(_) => auth(Unauthenticated, "managed_auth_not_configured"),
+            E::ShuttingDown => plain(Unavailable),
+            E::OverBudget { .. } => limit(ResourceExhausted, "memory_budget"),
+            // Counted, but with no line of its own: a sender over its rate may be refused often.
+            E::RateLimited { .. } => Wire {
+                counted: Some(Counted::PayloadRefused("rate_limit")),
+                ..plain(ResourceExhausted)
+            },
+            E::MessageTooLarge(_) => plain(ResourceExhausted),
+            E::TooManyEvents { .. } => limit(ResourceExhausted, "max_events_per_payload"),
+            E::MetadataTooLarge { .. } => limit(ResourceExhausted, "max_metadata_bytes"),
+            E::LicenseKeyTooLong { .. } => limit(InvalidArgument, "max_license_key_bytes"),
+            E::UnaryTooLarge { .. } => limit(ResourceExhausted, "max_unary_bytes"),
+            E::MessageTooCostly { .. } => limit(ResourceExhausted, "message_cost"),
+            E::ConnectionShare { .. } => limit(ResourceExhausted, "connection_share"),
+            E::DecompressedTooLarge { .. } => limit(ResourceExhausted, "max_decoded_bytes"),
+            E::StreamLifetime(_) => limit(DeadlineExceeded, "stream_lifetime"),
+            E::Idle(_) => limit(DeadlineExceeded, "idle_timeout"),
+            E::TooSlow { .. } => limit(DeadlineExceeded, "min_receive_rate"),
+            E::UnaryExtraMessage => limit(InvalidArgument, "unary_extra_message"),
+            E::Malformed(_) => limit(InvalidArgument, "malformed"),
         }
+    }
+
+    /// The gRPC status code the contract assigns to this refusal.
+    pub fn code(&self) -> Code {
+        self.wire().code
     }
 
     /// The counter and `reason` label this refusal is counted under, if any.
     pub fn counted(&self) -> Option<Counted> {
-        use Counted::{AuthFailure, PayloadRefused};
-        use ServerError as E;
-        Some(match self {
-            E::InvalidLicenseKey(_) => AuthFailure("invalid_license_key"),
-            E::MissingInstanceId => AuthFailure("missing_instance_id"),
-            E::MissingServiceId => AuthFailure("missing_service_id"),
-            E::UnsupportedIdentifier => AuthFailure("unsupported_identifier"),
-            E::NoTokenHeader | E::NoTokenHeaderValue => AuthFailure("missing_token"),
-            E::InvalidTokenHeader(_) => AuthFailure("invalid_token_header"),
-            E::TokenCheckFailed => AuthFailure("token_check_failed"),
-            E::TokenCheckOverloaded => AuthFailure("token_check_overloaded"),
-            E::PermissionDenied => AuthFailure("permission_denied"),
-            E::ManagedAuthNotConfigured(_) => AuthFailure("managed_auth_not_configured"),
-            E::OverBudget { .. } => PayloadRefused("memory_budget"),
-            E::RateLimited { .. } => PayloadRefused("rate_limit"),
-            E::TooManyEvents { .. } => PayloadRefused("max_events_per_payload"),
-            E::MetadataTooLarge { .. } => PayloadRefused("max_metadata_bytes"),
-            E::LicenseKeyTooLong { .. } => PayloadRefused("max_license_key_bytes"),
-            E::UnaryTooLarge { .. } => PayloadRefused("max_unary_bytes"),
-            E::MessageTooCostly { .. } => PayloadRefused("message_cost"),
-            E::ConnectionShare { .. } => PayloadRefused("connection_share"),
-            E::DecompressedTooLarge { .. } => PayloadRefused("max_decoded_bytes"),
-            E::StreamLifetime(_) => PayloadRefused("stream_lifetime"),
-            E::Idle(_) => PayloadRefused("idle_timeout"),
-            E::TooSlow { .. } => PayloadRefused("min_receive_rate"),
-            E::UnaryExtraMessage => PayloadRefused("unary_extra_message"),
-            E::Malformed(_) => PayloadRefused("malformed"),
-            E::MetadataTwice
-            | E::EventsBeforeMetadata
-            | E::EventRequired
-            | E::InvalidEvent(_)
-            | E::PublishFailed(_)
-            | E::Canceled
-            | E::ShuttingDown
-            | E::MessageTooLarge(_) => return None,
-        })
+        self.wire().counted
     }
 
-    /// The level of the line logged where the refusal happens, if it has one of its own (every
-    /// failed call is also in its RPC's closing line). The memory budget and the sender limits
-    /// are warnings: a sender reaches them at will, so they never go to Sentry.
+    /// The level of the refusal's own log line, if it has one.
     pub fn level(&self) -> Option<Level> {
-        use ServerError as E;
-        match self {
-            E::OverBudget { .. }
-            | E::TooManyEvents { .. }
-            | E::MetadataTooLarge { .. }
-            | E::LicenseKeyTooLong { .. }
-            | E::UnaryTooLarge { .. }
-            | E::MessageTooCostly { .. }
-            | E::ConnectionShare { .. }
-            | E::DecompressedTooLarge { .. }
-            | E::StreamLifetime(_)
-            | E::Idle(_)
-            | E::TooSlow { .. }
-            | E::UnaryExtraMessage
-            | E::Malformed(_) => Some(Level::WARN),
-            E::MetadataTwice
-            | E::EventsBeforeMetadata
-            | E::EventRequired
-            | E::InvalidEvent(_)
-            | E::PublishFailed(_)
-            | E::UnsupportedIdentifier
-            | E::InvalidLicenseKey(_)
-            | E::MissingInstanceId
-            | E::MissingServiceId
-            | E::NoTokenHeader
-            | E::NoTokenHeaderValue
-            | E::InvalidTokenHeader(_)
-            | E::TokenCheckFailed
-            | E::Canceled
-            | E::TokenCheckOverloaded
-            | E::PermissionDenied
-            | E::ManagedAuthNotConfigured(_)
-            | E::ShuttingDown
-            | E::RateLimited { .. }
-            | E::MessageTooLarge(_) => None,
-        }
+        self.wire().level
     }
 
     /// When the sender should retry, for refusals that pass.

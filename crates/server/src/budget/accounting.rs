@@ -135,7 +135,7 @@ impl InflightBudget {
     }
 
     /// Whether the gateway is over its budget: a part of it is used up, messages are waiting
-    /// for room, or one was refused within the last [`PRESSURE_WINDOW`] (or wait, if longer) and
+    /// for room, or one was refused within the last `PRESSURE_WINDOW` (or wait, if longer) and
     /// room is still in use. A connection cannot cause this on its own: it may hold only a share
     /// of each part, and is refused (not made to wait) beyond it.
     pub fn is_exhausted(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The events service's work: who is sending (`identify`), a payload's way to the sink and back
-//! (`process_payload`), the `RecordEvents` protocol ([`stream`]) and the unary `RecordEvent`
-//! ([`unary`]).
-//! The tonic adapter ([`grpc`]) composes them with the concerns every call shares
+//! (`process_payload`), the `RecordEvents` protocol (`stream`) and the unary `RecordEvent`
+//! (`unary`).
+//! The tonic adapter (`grpc`) composes them with the concerns every call shares
 //! (`crate::rpc`).
 
 mod grpc;
