@@ -30,7 +30,6 @@ pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod rpc;
-pub mod rpc_metrics;
 pub mod secret;
 pub mod service;
 pub mod skim;

@@ -15,7 +15,7 @@ use crate::error::Counted;
 #[cfg(doc)]
 use crate::error::ServerError;
 use crate::pipeline::{DropReason, RefusalReason, Summary};
-use crate::rpc_metrics::RpcMetrics;
+use crate::rpc::metrics::RpcMetrics;
 
 /// The original's meter name for the server's instruments.
 pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";

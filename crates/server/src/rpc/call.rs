@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 
 use super::{gate, span};
 use crate::lifecycle::{ActiveWork, Lifecycle};
-use crate::rpc_metrics::{RpcMethod, RpcMetrics};
+use crate::rpc::metrics::{RpcMethod, RpcMetrics};
 
 /// A call admitted past the drain gate, with its span; [`Call::finish`] records how it ended.
 pub struct Call {

@@ -12,7 +12,7 @@ use super::{Ended, gate};
 use crate::budget::{Reservation, StreamLedger};
 use crate::error::{ServerError, receive_error};
 use crate::lifecycle::Lifecycle;
-use crate::rpc_metrics::{RpcMethod, RpcMetrics};
+use crate::rpc::metrics::{RpcMethod, RpcMetrics};
 
 /// A stream's incoming messages.
 pub struct Inbound {

@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | 1 | HTTP/2: streams per connection, keepalive | `crate::serve` (tonic) | bounds a connection before any of our work |
 //! | 2 | memory budget and sender limits on the request body | [`BudgetLayer`](crate::budget::BudgetLayer) | a tower layer: it must see the bytes before tonic decodes them, and hold a message at the sender while there is no room |
-//! | 3 | RPC metrics (`started`, `handled`, messages) | [`Call`] | every call is counted, the refused ones too |
+//! | 3 | RPC metrics (`started`, `handled`, messages) | [`metrics`], counted by [`Call`] and the stream halves | every call is counted, the refused ones too |
 //! | 4 | drain gate | [`gate`] | a call refused for shutdown holds nothing and opens no span |
 //! | 5 | the RPC span and its status | [`span`] | only admitted calls are traced; the span covers the whole call, so every log line of it carries the trace |
 //! | 6 | the stream's receive side: drain and lifetime, budget reservations | [`inbound`] | between payloads only, so a payload being processed is always answered |
@@ -30,6 +30,7 @@ pub mod call;
 pub mod closing;
 pub mod gate;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod span;
 

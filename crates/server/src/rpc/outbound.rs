@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::rpc_metrics::{RpcMethod, RpcMetrics};
+use crate::rpc::metrics::{RpcMethod, RpcMetrics};
 
 /// The response stream tonic sends.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<RecordEventsResponse, Status>> + Send>>;

@@ -4,7 +4,7 @@ use tonic::Code;
 use tonic::metadata::MetadataMap;
 use tracing::field::Empty;
 
-use crate::rpc_metrics::SERVICE;
+use crate::rpc::metrics::SERVICE;
 use crate::tracing_context::link_sender_trace;
 
 /// The span of one RPC. A sender's W3C trace context is linked, never used as the parent: a

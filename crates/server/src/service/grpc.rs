@@ -13,8 +13,8 @@ use super::EventGateway;
 use super::stream::StreamState;
 use crate::budget::StreamLedger;
 use crate::rpc::closing::stream_closed;
+use crate::rpc::metrics::RpcMethod;
 use crate::rpc::{Call, Inbound, Outbound, ResponseStream};
-use crate::rpc_metrics::RpcMethod;
 
 /// Serves an [`EventGateway`] over gRPC.
 #[derive(Clone)]
