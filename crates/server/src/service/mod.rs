@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use telemetry_gateway_auth::LicenseVerifier;
-use telemetry_gateway_proto::v1::identifier::Identifier;
+use telemetry_gateway_proto::v1::identifier::{Identifier, LicensedInstanceIdentifier};
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequestMetadata};
 use telemetry_gateway_sink::{EventSink, PublishOutcome};
 use tonic::metadata::MetadataMap;
@@ -144,40 +144,7 @@ impl EventGateway {
             .and_then(|identifier| identifier.identifier.as_ref());
         let kind = match identifier {
             Some(Identifier::LicensedInstance(licensed)) => {
-                let max = self.budget.limits().max_license_key_bytes;
-                if licensed.license_key.len() > max {
-                    return Err(ServerError::LicenseKeyTooLong {
-                        len: licensed.license_key.len(),
-                        max,
-                    });
-                }
-                let verified = self
-                    .licenses
-                    .verify(&licensed.license_key)
-                    .map_err(|err| ServerError::InvalidLicenseKey(err.to_string()))?;
-                let info = verified.info;
-                if self.policy.reject_expired_licenses && info.is_expired_at(chrono::Utc::now()) {
-                    return Err(ServerError::InvalidLicenseKey(format!(
-                        "license expired at {}",
-                        info.expires_at.to_rfc3339()
-                    )));
-                }
-                tracing::info!(
-                    requestID = %bounded(&metadata.request_id, MAX_LOGGED_ID_BYTES),
-                    instanceID = %bounded(&licensed.instance_id, MAX_LOGGED_ID_BYTES),
-                    instanceExternalURL = %bounded(&licensed.external_url, MAX_LOGGED_ID_BYTES),
-                    license.salesforceOpportunityID = ?info.salesforce_opportunity_id,
-                    license.salesforceSubscriptionID = ?info.salesforce_subscription_id,
-                    license.tags = ?info.tags,
-                    license.userCount = info.user_count,
-                    license.expiresAt = %info.expires_at.to_rfc3339(),
-                    "handling events submission stream for licensed instance"
-                );
-                SourceKind::LicensedInstance {
-                    instance_id: licensed.instance_id.clone(),
-                    external_url: licensed.external_url.clone(),
-                    license: Box::new(info),
-                }
+                self.licensed_instance(&metadata.request_id, licensed)?
             }
             Some(Identifier::UnlicensedInstance(unlicensed)) => {
                 if unlicensed.instance_id.is_empty() {
@@ -221,6 +188,48 @@ impl EventGateway {
             Source::new(kind, &with_fingerprinted_license_key(metadata))
         } else {
             Source::new(kind, metadata)
+        })
+    }
+
+    /// A licensed instance: its license key is bounded, verified and (opt-in) unexpired.
+    fn licensed_instance(
+        &self,
+        request_id: &str,
+        licensed: &LicensedInstanceIdentifier,
+    ) -> Result<SourceKind, ServerError> {
+        let max = self.budget.limits().max_license_key_bytes;
+        if licensed.license_key.len() > max {
+            return Err(ServerError::LicenseKeyTooLong {
+                len: licensed.license_key.len(),
+                max,
+            });
+        }
+        let verified = self
+            .licenses
+            .verify(&licensed.license_key)
+            .map_err(|err| ServerError::InvalidLicenseKey(err.to_string()))?;
+        let info = verified.info;
+        if self.policy.reject_expired_licenses && info.is_expired_at(chrono::Utc::now()) {
+            return Err(ServerError::InvalidLicenseKey(format!(
+                "license expired at {}",
+                info.expires_at.to_rfc3339()
+            )));
+        }
+        tracing::info!(
+            requestID = %bounded(request_id, MAX_LOGGED_ID_BYTES),
+            instanceID = %bounded(&licensed.instance_id, MAX_LOGGED_ID_BYTES),
+            instanceExternalURL = %bounded(&licensed.external_url, MAX_LOGGED_ID_BYTES),
+            license.salesforceOpportunityID = ?info.salesforce_opportunity_id,
+            license.salesforceSubscriptionID = ?info.salesforce_subscription_id,
+            license.tags = ?info.tags,
+            license.userCount = info.user_count,
+            license.expiresAt = %info.expires_at.to_rfc3339(),
+            "handling events submission stream for licensed instance"
+        );
+        Ok(SourceKind::LicensedInstance {
+            instance_id: licensed.instance_id.clone(),
+            external_url: licensed.external_url.clone(),
+            license: Box::new(info),
         })
     }
 
