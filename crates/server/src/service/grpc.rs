@@ -78,9 +78,7 @@ impl TelemeteryGatewayService for GrpcService {
         call.received();
         let (headers, extensions, request) = request.into_parts();
         // Held until the call is answered: the event's share of the memory budget.
-        let _reservation = extensions
-            .get::<Arc<StreamLedger>>()
-            .map(|ledger| ledger.take());
+        let _reservation = ledger(&extensions).take();
         let result = self
             .gateway
             .record_event(request, &headers)
