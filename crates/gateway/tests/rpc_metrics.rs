@@ -122,12 +122,12 @@ async fn rpcs_are_counted_per_method_and_code_and_process_metrics_are_served() {
     assert!(gateway.terminate().success());
 }
 
-/// `docs/metrics.md` lists exactly the gRPC server instruments `rpc_metrics.rs` builds.
+/// `docs/metrics.md` lists exactly the gRPC server instruments `rpc/metrics.rs` builds.
 #[test]
 fn the_documentation_lists_every_grpc_instrument() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let read = |path: &str| std::fs::read_to_string(root.join(path)).expect(path);
-    let mut built: Vec<String> = read("crates/server/src/rpc_metrics.rs")
+    let mut built: Vec<String> = read("crates/server/src/rpc/metrics.rs")
         .split("(\"grpc_server_")
         .skip(1)
         .map(|rest| format!("grpc_server_{}", &rest[..rest.find('"').expect("quoted")]))

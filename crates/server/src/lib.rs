@@ -29,7 +29,7 @@ pub mod metrics;
 pub mod payload_log;
 pub mod pipeline;
 pub mod rate_limit;
-pub mod rpc_metrics;
+pub mod rpc;
 pub mod secret;
 pub mod service;
 pub mod skim;
@@ -41,7 +41,7 @@ pub use dead_letter::{DeadLetterOptions, DeadLetters};
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
 pub use lifecycle::Lifecycle;
-pub use limits::{LimitViolation, Limits};
+pub use limits::Limits;
 pub use managed::{ManagedAuthError, ManagedServiceAuthorizer, NotConfigured, SamsAuthorizer};
 pub use metrics::Metrics;
 pub use pipeline::EventPolicy;
@@ -105,7 +105,7 @@ pub async fn serve(
     let budget = gateway.budget().clone();
     let max_streams = budget.limits().max_streams_per_connection;
     let _budget_gauges = gateway.metrics().observe_budget(&budget);
-    budget.count_refusals_in(gateway.metrics().clone());
+    let budget_layer = budget::BudgetLayer::new(budget, gateway.metrics().clone());
     let routes = routes(gateway, &options).await?;
     let shutdown = async move {
         shutdown.await;
@@ -120,12 +120,18 @@ pub async fn serve(
     // Nagle's algorithm would hold a response's last segment until the sender's delayed ACK
     // (tens of ms); the server's own `tcp_nodelay` applies only to listeners it binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The HTTP stack, outermost first (`rpc` documents the whole order, down to the protocol):
+    // tonic's HTTP/2 settings bound each connection before any of our work; then the budget
+    // layer, which must see each events message's bytes before tonic decodes them, to hold them
+    // at the sender while there is no room. Everything per call (metrics, drain gate, span) sits
+    // inside, in the handlers: tonic answers a stream when its handler returns, so a layer here
+    // would not see how the stream ends.
     tonic::transport::Server::builder()
-        .layer(budget::BudgetLayer::new(budget))
         .accept_http1(true)
         .max_concurrent_streams(max_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(budget_layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

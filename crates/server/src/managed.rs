@@ -6,57 +6,60 @@
 //! client credentials the gateway uses [`NotConfigured`], which refuses every managed-service
 //! call with a message saying what is missing.
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use telemetry_gateway_auth::sams::{SamsClient, SamsClientConfig, SamsError, WRITE_EVENTS_SCOPE};
-use tonic::Code;
 use tonic::metadata::MetadataMap;
 
-/// Why a managed-service caller was refused; `Display` is the message the caller sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+use crate::error::ServerError;
+
+/// Why a managed-service caller was refused: the authorizer's answer. Each maps to one
+/// [`ServerError`] variant, which decides its message, code and metric label
+/// (`crate::error`); `Display` is the message the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManagedAuthError {
     /// The request carries no metadata at all (never over HTTP/2).
-    #[error("no token header")]
     NoTokenHeader,
     /// There is no single non-empty `authorization` value.
-    #[error("no token header value")]
     NoTokenHeaderValue,
     /// The `authorization` value is not `Bearer <token>`.
-    #[error("invalid token header: {0}")]
     InvalidTokenHeader(String),
     /// Token introspection failed (SAMS unreachable, say).
-    #[error("unable to validate token")]
     IntrospectionFailed,
     /// The caller went away during introspection.
-    #[error("request canceled")]
     Canceled,
     /// Too many token checks were in progress for this one to start in time.
-    #[error("too many token checks in progress; retry later")]
     Overloaded,
     /// The token is inactive or lacks the required scope.
-    #[error("permission denied")]
     PermissionDenied,
     /// The gateway has no way to check tokens.
-    #[error("{0}")]
     NotConfigured(String),
 }
 
-impl ManagedAuthError {
-    /// The gRPC status code for this refusal.
-    pub fn code(&self) -> Code {
-        match self {
-            ManagedAuthError::NoTokenHeader
-            | ManagedAuthError::NoTokenHeaderValue
-            | ManagedAuthError::InvalidTokenHeader(_)
-            | ManagedAuthError::NotConfigured(_) => Code::Unauthenticated,
-            ManagedAuthError::IntrospectionFailed => Code::Internal,
-            ManagedAuthError::Canceled => Code::Cancelled,
-            ManagedAuthError::Overloaded => Code::Unavailable,
-            ManagedAuthError::PermissionDenied => Code::PermissionDenied,
+impl From<ManagedAuthError> for ServerError {
+    fn from(err: ManagedAuthError) -> ServerError {
+        match err {
+            ManagedAuthError::NoTokenHeader => ServerError::NoTokenHeader,
+            ManagedAuthError::NoTokenHeaderValue => ServerError::NoTokenHeaderValue,
+            ManagedAuthError::InvalidTokenHeader(why) => ServerError::InvalidTokenHeader(why),
+            ManagedAuthError::IntrospectionFailed => ServerError::TokenCheckFailed,
+            ManagedAuthError::Canceled => ServerError::Canceled,
+            ManagedAuthError::Overloaded => ServerError::TokenCheckOverloaded,
+            ManagedAuthError::PermissionDenied => ServerError::PermissionDenied,
+            ManagedAuthError::NotConfigured(what) => ServerError::ManagedAuthNotConfigured(what),
         }
     }
 }
+
+impl fmt::Display for ManagedAuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ServerError::from(self.clone()), f)
+    }
+}
+
+impl std::error::Error for ManagedAuthError {}
 
 /// Decides whether a managed-service caller may write events.
 #[async_trait]
@@ -202,6 +205,7 @@ pub fn displayable_scheme(scheme: &str) -> String {
 mod tests {
     use super::*;
     use tonic::metadata::MetadataValue;
+    use tonic::{Code, Status};
 
     fn metadata(entries: &[(&'static str, &'static str)]) -> MetadataMap {
         let mut map = MetadataMap::new();
@@ -324,7 +328,9 @@ mod tests {
             ),
         ];
         for (err, code, message) in cases {
-            assert_eq!((err.code(), err.to_string().as_str()), (code, message));
+            assert_eq!(err.to_string(), message);
+            let status = Status::from(ServerError::from(err));
+            assert_eq!((status.code(), status.message()), (code, message));
         }
     }
 }

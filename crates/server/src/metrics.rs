@@ -11,10 +11,11 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter};
 
 use crate::budget::InflightBudget;
+use crate::error::Counted;
+#[cfg(doc)]
 use crate::error::ServerError;
-use crate::managed::ManagedAuthError;
 use crate::pipeline::{DropReason, RefusalReason, Summary};
-use crate::rpc_metrics::RpcMetrics;
+use crate::rpc::metrics::RpcMetrics;
 
 /// The original's meter name for the server's instruments.
 pub const METER_NAME: &str = "cmd/telemetry-gateway/internal/server";
@@ -268,11 +269,16 @@ impl Metrics {
         );
     }
 
-    /// A stream or call was refused for who sent it, if `err` is that kind of refusal.
-    pub fn request_failed(&self, err: &ServerError) {
-        if let Some(reason) = auth_failure_reason(err) {
-            self.auth_failures
-                .add(1, &[KeyValue::new("reason", reason)]);
+    /// A refusal was decided: counts it where `crate::error` says (see [`ServerError::report`]).
+    pub fn refusal(&self, counted: Counted) {
+        match counted {
+            Counted::AuthFailure(reason) => self
+                .auth_failures
+                .add(1, &[KeyValue::new("reason", reason)]),
+            Counted::PayloadRefused(reason) => {
+                self.payloads_refused
+                    .add(1, &[KeyValue::new("reason", reason)]);
+            }
         }
     }
 
@@ -292,12 +298,6 @@ impl Metrics {
             ],
         );
     }
-
-    /// A payload was refused before processing (`memory_budget`, `rate_limit`).
-    pub fn payload_refused(&self, reason: &'static str) {
-        self.payloads_refused
-            .add(1, &[KeyValue::new("reason", reason)]);
-    }
 }
 
 /// Counts a stream as open until dropped.
@@ -310,28 +310,6 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         self.counter.add(-1, &[]);
     }
-}
-
-/// The `reason` label of an authentication failure, or `None` for other errors.
-pub fn auth_failure_reason(err: &ServerError) -> Option<&'static str> {
-    Some(match err {
-        ServerError::InvalidLicenseKey(_) => "invalid_license_key",
-        ServerError::MissingInstanceId => "missing_instance_id",
-        ServerError::MissingServiceId => "missing_service_id",
-        ServerError::UnsupportedIdentifier => "unsupported_identifier",
-        ServerError::ManagedAuth(auth) => match auth {
-            ManagedAuthError::NoTokenHeader | ManagedAuthError::NoTokenHeaderValue => {
-                "missing_token"
-            }
-            ManagedAuthError::InvalidTokenHeader(_) => "invalid_token_header",
-            ManagedAuthError::IntrospectionFailed => "token_check_failed",
-            ManagedAuthError::Overloaded => "token_check_overloaded",
-            ManagedAuthError::PermissionDenied => "permission_denied",
-            ManagedAuthError::NotConfigured(_) => "managed_auth_not_configured",
-            ManagedAuthError::Canceled => return None,
-        },
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

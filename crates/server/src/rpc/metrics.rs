@@ -8,8 +8,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tonic::Code;
 
-/// The gRPC service these metrics describe.
-const SERVICE: &str = "telemetrygateway.v1.TelemeteryGatewayService";
+/// The gRPC service these metrics (and the RPC spans) describe.
+pub const SERVICE: &str = "telemetrygateway.v1.TelemeteryGatewayService";
 
 /// go-grpc-prometheus's default handling-time buckets, in seconds.
 const HANDLING_BUCKETS: &[f64] = &[
@@ -26,15 +26,23 @@ pub enum RpcMethod {
 }
 
 impl RpcMethod {
+    /// The method's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RpcMethod::RecordEvents => "RecordEvents",
+            RpcMethod::RecordEvent => "RecordEvent",
+        }
+    }
+
     fn labels(self) -> [KeyValue; 3] {
-        let (kind, name) = match self {
-            RpcMethod::RecordEvents => ("bidi_stream", "RecordEvents"),
-            RpcMethod::RecordEvent => ("unary", "RecordEvent"),
+        let kind = match self {
+            RpcMethod::RecordEvents => "bidi_stream",
+            RpcMethod::RecordEvent => "unary",
         };
         [
             KeyValue::new("grpc_type", kind),
             KeyValue::new("grpc_service", SERVICE),
-            KeyValue::new("grpc_method", name),
+            KeyValue::new("grpc_method", self.name()),
         ]
     }
 }
