@@ -372,26 +372,6 @@ fn write_double(out: &mut Vec<u8>, value: f64) {
     }
 }
 
-/// Whether any of the eight bytes of `word` is one that [`ESCAPE`] marks (a control character,
-/// `"`, `\\`, `<`, `>`, `&`, or 0xE2, which may start U+2028/U+2029). Exact: each test below is
-/// the classic has-zero-byte / has-byte-less-than bit trick, which has no false negatives and,
-/// as a whole-word yes/no, no false positives.
-fn needs_attention(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let has_byte = |byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
-    let has_control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    (has_control
-        | has_byte(b'"')
-        | has_byte(b'\\')
-        | has_byte(b'<')
-        | has_byte(b'>')
-        | has_byte(b'&')
-        | has_byte(0xE2))
-        != 0
-}
-
 /// Which bytes need attention inside a JSON string: 1 = escape, 2 = possible U+2028/U+2029.
 static ESCAPE: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -418,14 +398,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Eight bytes at a time past text that needs nothing (most of every string).
-        while let Some(word) = bytes.get(i..i + 8)
-            && let Ok(word) = <[u8; 8]>::try_from(word)
-            && !needs_attention(u64::from_le_bytes(word))
-        {
-            i += 8;
-        }
-        let Some(&b) = bytes.get(i) else { break };
+        let b = bytes[i];
         match ESCAPE[b as usize] {
             0 => {
                 i += 1;
@@ -599,22 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn the_word_test_marks_exactly_the_bytes_the_table_marks() {
-        for marked in 0..=255u8 {
-            for position in 0..8 {
-                for filler in [b'a', 0x7f, 0xff, 0x21, 0x80] {
-                    let mut word = [filler; 8];
-                    word[position] = marked;
-                    let expected = word.iter().any(|&b| ESCAPE[b as usize] != 0);
-                    assert_eq!(
-                        needs_attention(u64::from_le_bytes(word)),
-                        expected,
-                        "{word:?}"
-                    );
-                }
-            }
-        }
-        // Escapes found in every position of a long string.
+    fn escapes_are_found_in_every_position() {
         for at in 0..20 {
             let mut text = "x".repeat(20);
             text.replace_range(at..=at, "<");

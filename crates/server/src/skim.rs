@@ -140,6 +140,8 @@ const TAG: State = State::Tag { value: 0, shift: 0 };
 /// A streaming skim of one message of `len` bytes.
 #[derive(Debug)]
 pub struct Skim {
+    /// The message types (resolved once per skim rather than once per field).
+    table: &'static Table,
     stack: Vec<Frame>,
     pos: u64,
     len: u64,
@@ -154,6 +156,7 @@ impl Skim {
     pub fn new(root: Root, len: Option<usize>, max_events: usize) -> Skim {
         let len = len.map_or(u64::MAX, |len| len as u64);
         Skim {
+            table: &TABLE,
             stack: vec![Frame {
                 kind: root.index(),
                 end: len,
@@ -304,7 +307,8 @@ impl Skim {
             .checked_add(len)
             .filter(|&end| end <= parent.end)
             .ok_or(SkimError::Malformed("a field runs past its message"))?;
-        let child = TABLE
+        let child = self
+            .table
             .kinds
             .get(parent.kind)
             .and_then(|kind| kind.message_field(field));
@@ -316,7 +320,7 @@ impl Skim {
             return Ok(());
         };
         self.shape.messages += 1;
-        if TABLE.kinds[child].is_event {
+        if self.table.kinds[child].is_event {
             self.shape.events += 1;
             if self.shape.events > self.max_events {
                 return Err(SkimError::TooManyEvents(self.max_events));
