@@ -232,8 +232,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Events")]
 pub struct EventsConfig {
-    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`, `pubsub`, `bigquery`); with several, an
-    /// event is acknowledged only when every sink accepted it. Default: `pubsub` when
+    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`, `pubsub`,
+    /// `bigquery`); with several, an event is acknowledged only when every sink accepted it.
+    /// Default: `pubsub` when
     /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=true` (or unset with a Pub/Sub project or topic
     /// set), `log` when it is `false` (the original's logging mode), else `file`.
     #[arg(
@@ -245,7 +246,7 @@ pub struct EventsConfig {
     pub sinks: Vec<SinkKind>,
 
     /// Publish events to Pub/Sub (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID` and `_TOPIC_ID` are
-    /// then required); `false` selects the log sink, as in the original.
+    /// then required); `false` selects the log sink (`docs/compatibility.md` §6).
     #[arg(long = "events-pubsub-enabled", env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub pubsub_enabled: Option<bool>,
 
@@ -264,7 +265,7 @@ pub struct EventsConfig {
     pub pubsub_topic_id: Option<String>,
 
     /// How many events of one payload may await Pub/Sub's acknowledgement at once; 0 or less
-    /// means 250, as in the original.
+    /// means 250 (`docs/compatibility.md` §4).
     #[arg(
         long = "events-stream-publish-concurrency",
         env = "TELEMETRY_GATEWAY_EVENTS_STREAM_PUBLISH_CONCURRENCY",
@@ -561,7 +562,7 @@ pub struct LimitsConfig {
     pub max_license_key_bytes: usize,
 
     /// How long a `RecordEvents` stream may stay open (`DeadlineExceeded` after it, once the
-    /// payload in progress is answered), as the original's 2-minute HTTP timeouts.
+    /// payload in progress is answered), the original's 2 minutes (`docs/compatibility.md` §2).
     #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_LIFETIME", default_value = "2m", value_parser = parse_duration)]
     pub stream_lifetime: std::time::Duration,
 

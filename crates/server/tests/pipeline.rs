@@ -1,4 +1,5 @@
-//! The pure pipeline, table-tested against the original's own test cases (behaviour.md §8).
+//! The pure pipeline, table-tested against the original's own test cases (`docs/compatibility.md`
+//! §9).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! The optional per-sender rate limit (SPEC §8), over a real socket. The limits are slow enough
-//! (one event per second) that no refill happens while a test runs.
+//! The optional per-sender rate limit (ours: `docs/compatibility.md` §10), over a real socket. The
+//! limits are slow enough (one event per second) that no refill happens while a test runs.
 
 mod support;
 

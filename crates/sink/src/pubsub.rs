@@ -1,4 +1,5 @@
-//! The Pub/Sub sink: one message per event, as the original gateway publishes them.
+//! The Pub/Sub sink: one message per event, as the original gateway publishes them
+//! (`docs/compatibility.md` §4 and §6).
 //!
 //! Each event becomes one message whose data is the payload bytes and whose attributes are the
 //! event's attributes, both unchanged. The official client (`google-cloud-pubsub`) groups the
