@@ -149,3 +149,27 @@ pub trait EventSink: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A shared sink is a sink (so [`Measured`] can wrap a sink chosen at run time).
+#[async_trait]
+impl<S: EventSink + ?Sized> EventSink for std::sync::Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        (**self).publish(events).await
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    async fn health(&self) -> Result<(), SinkError> {
+        (**self).health().await
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        (**self).shutdown().await
+    }
+}
