@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod bigquery;
+mod builder;
 pub mod discard;
 pub mod fanout;
 pub mod file;
@@ -23,6 +24,7 @@ pub mod measured;
 pub mod pubsub;
 
 pub use bigquery::{BigQuerySink, BigQuerySinkConfig};
+pub use builder::PreparedEventBuilder;
 pub use discard::DiscardSink;
 pub use fanout::FanoutSink;
 pub use file::{FileSink, FileSinkConfig};

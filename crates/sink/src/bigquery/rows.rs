@@ -130,23 +130,15 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Attributes;
-    use bytes::Bytes;
 
     fn event(id: &str, payload: &str) -> PreparedEvent {
-        let mut attributes = Attributes::new();
-        attributes.insert(SOURCE_ATTRIBUTE.into(), "licensed_instance".into());
-        PreparedEvent {
-            id: id.into(),
-            feature: "cody.completion".into(),
-            action: "accepted".into(),
-            timestamp: prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_789,
-            },
-            payload: Bytes::from(payload.to_string()),
-            attributes,
-        }
+        PreparedEvent::builder(id)
+            .feature("cody.completion")
+            .action("accepted")
+            .timestamp(1_700_000_000, 123_456_789)
+            .payload(payload.to_string())
+            .attribute(SOURCE_ATTRIBUTE, "licensed_instance")
+            .build()
     }
 
     fn ingested_at() -> DateTime<Utc> {

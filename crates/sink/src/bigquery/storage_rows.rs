@@ -203,7 +203,6 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Attributes;
     use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_request::{
         ProtoData, Rows,
     };
@@ -212,19 +211,13 @@ mod tests {
     use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
     fn event(id: &str, payload: &str) -> PreparedEvent {
-        let mut attributes = Attributes::new();
-        attributes.insert(SOURCE_ATTRIBUTE.into(), "licensed_instance".into());
-        PreparedEvent {
-            id: id.into(),
-            feature: "cody.completion".into(),
-            action: "accepted".into(),
-            timestamp: prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_789,
-            },
-            payload: Bytes::from(payload.to_string()),
-            attributes,
-        }
+        PreparedEvent::builder(id)
+            .feature("cody.completion")
+            .action("accepted")
+            .timestamp(1_700_000_000, 123_456_789)
+            .payload(payload.to_string())
+            .attribute(SOURCE_ATTRIBUTE, "licensed_instance")
+            .build()
     }
 
     fn ingested_at() -> DateTime<Utc> {
