@@ -48,6 +48,14 @@ pub enum Command {
     /// Print the configuration reference (docs/configuration.md) and exit.
     #[command(hide = true)]
     ConfigDocs,
+    /// Print a shell completion script (`bash`, `zsh`, `fish`, `elvish`, `powershell`), e.g.
+    /// `telemetry-gateway completions bash > /etc/bash_completion.d/telemetry-gateway`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `telemetry-gateway man | man -l -`.
+    Man,
 }
 
 /// Every setting of the gateway.
@@ -373,7 +381,7 @@ impl DeadLetterConfig {
             ))),
             (None, Some(topic)) => {
                 let project = non_blank(&self.deadletter_pubsub_project_id)
-                    .or_else(|| non_blank(&pubsub.project_id))
+                    .or_else(|| non_blank(&pubsub.pubsub_project_id))
                     .ok_or(ConfigError::Invalid {
                         setting: DEADLETTER_PUBSUB_PROJECT_ID,
                         message: format!(

@@ -5,6 +5,7 @@ pub mod config;
 pub mod config_docs;
 pub mod error_reporting;
 pub mod logging;
+pub mod manual;
 pub mod otlp;
 pub mod replay;
 pub mod send;

@@ -30,48 +30,48 @@ pub const REQUEST_TIMEOUT_SECONDS: &str =
 #[derive(Debug, Clone, Args)]
 pub struct BigQuerySettings {
     /// Google Cloud project of the BigQuery table events are inserted into.
-    #[arg(id = "bigquery_project_id", long = "events-bigquery-project-id", env = PROJECT_ID)]
-    pub project_id: Option<String>,
+    #[arg(long = "events-bigquery-project-id", env = PROJECT_ID)]
+    pub bigquery_project_id: Option<String>,
 
     /// BigQuery dataset of the events table.
-    #[arg(id = "bigquery_dataset_id", long = "events-bigquery-dataset-id", env = DATASET_ID)]
-    pub dataset_id: Option<String>,
+    #[arg(long = "events-bigquery-dataset-id", env = DATASET_ID)]
+    pub bigquery_dataset_id: Option<String>,
 
     /// BigQuery table events are inserted into, one row per event (schema:
     /// `deploy/bigquery/events.schema.json`). Setting it selects the `bigquery` sink when
     /// `TELEMETRY_GATEWAY_EVENTS_SINKS` is not set.
-    #[arg(id = "bigquery_table_id", long = "events-bigquery-table-id", env = TABLE_ID)]
-    pub table_id: Option<String>,
+    #[arg(long = "events-bigquery-table-id", env = TABLE_ID)]
+    pub bigquery_table_id: Option<String>,
 
     /// The BigQuery API rows are written with: `storage` (the Storage Write API, table's default
     /// stream; billed by actual bytes) or `insert_all` (the legacy streaming API; billed per row
     /// with a 1 KB minimum). See docs/sinks.md for the costs of each.
-    #[arg(id = "bigquery_write_api", long = "events-bigquery-write-api",
+    #[arg(long = "events-bigquery-write-api",
         env = WRITE_API,
         value_enum,
         default_value_t = BigQueryWriteApi::Storage
     )]
-    pub write_api: BigQueryWriteApi,
+    pub bigquery_write_api: BigQueryWriteApi,
 
     /// BigQuery v2 base URL replacing Google's (for emulators and tests, e.g.
     /// `http://127.0.0.1:9050/bigquery/v2`); a fake access token is sent to it. Unset: Google's
     /// endpoint with application default credentials. Used by `insert_all`.
-    #[arg(id = "bigquery_endpoint", long = "events-bigquery-endpoint", env = ENDPOINT)]
-    pub endpoint: Option<String>,
+    #[arg(long = "events-bigquery-endpoint", env = ENDPOINT)]
+    pub bigquery_endpoint: Option<String>,
 
     /// BigQuery Storage Write API gRPC URL replacing Google's (for emulators and tests, e.g.
     /// `http://127.0.0.1:9060`); a fake access token is sent to it. Unset: Google's endpoint
     /// with application default credentials. Used by `storage`.
-    #[arg(id = "bigquery_storage_endpoint", long = "events-bigquery-storage-endpoint", env = STORAGE_ENDPOINT)]
-    pub storage_endpoint: Option<String>,
+    #[arg(long = "events-bigquery-storage-endpoint", env = STORAGE_ENDPOINT)]
+    pub bigquery_storage_endpoint: Option<String>,
 
     /// How long one BigQuery request (insertAll or AppendRows, or a health check) may take
     /// before its events count as not delivered (retryable), in seconds.
-    #[arg(id = "bigquery_request_timeout_seconds", long = "events-bigquery-request-timeout-seconds",
+    #[arg(long = "events-bigquery-request-timeout-seconds",
         env = REQUEST_TIMEOUT_SECONDS,
         default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs()
     )]
-    pub request_timeout_seconds: u64,
+    pub bigquery_request_timeout_seconds: u64,
 }
 
 /// The BigQuery API the `bigquery` sink writes with.
@@ -87,24 +87,34 @@ pub enum BigQueryWriteApi {
 impl BigQuerySettings {
     /// Whether the settings ask for BigQuery when no sink list is given: a table is set.
     pub fn requested(&self) -> bool {
-        self.table_id.is_some()
+        self.bigquery_table_id.is_some()
     }
 
     /// The sink's configuration; project, dataset and table must all be set.
     pub fn config(&self) -> Result<BigQuerySinkConfig, ConfigErrors> {
         let mut problems = ConfigErrors::default();
-        let project = required(&mut problems, &self.project_id, PROJECT_ID, "bigquery");
-        let dataset = required(&mut problems, &self.dataset_id, DATASET_ID, "bigquery");
-        let table = required(&mut problems, &self.table_id, TABLE_ID, "bigquery");
-        if self.request_timeout_seconds == 0 {
+        let project = required(
+            &mut problems,
+            &self.bigquery_project_id,
+            PROJECT_ID,
+            "bigquery",
+        );
+        let dataset = required(
+            &mut problems,
+            &self.bigquery_dataset_id,
+            DATASET_ID,
+            "bigquery",
+        );
+        let table = required(&mut problems, &self.bigquery_table_id, TABLE_ID, "bigquery");
+        if self.bigquery_request_timeout_seconds == 0 {
             problems.push(ConfigError::Invalid {
                 setting: REQUEST_TIMEOUT_SECONDS,
                 message: "must be greater than 0".into(),
             });
         }
-        let endpoint = non_blank(&self.endpoint);
-        let storage_endpoint = non_blank(&self.storage_endpoint);
-        let write_api = match self.write_api {
+        let endpoint = non_blank(&self.bigquery_endpoint);
+        let storage_endpoint = non_blank(&self.bigquery_storage_endpoint);
+        let write_api = match self.bigquery_write_api {
             BigQueryWriteApi::Storage => WriteApi::Storage,
             BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
         };
@@ -121,7 +131,8 @@ impl BigQuerySettings {
         }
         problems.into_result()?;
         let mut config = BigQuerySinkConfig::new(project, dataset, table);
-        config.request_timeout = std::time::Duration::from_secs(self.request_timeout_seconds);
+        config.request_timeout =
+            std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
         config.endpoint = endpoint;
         config.storage_endpoint = storage_endpoint;
         config.write_api = write_api;

@@ -20,18 +20,18 @@ pub const MAX_BYTES: &str = "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES";
 #[derive(Debug, Clone, Args)]
 pub struct FileSettings {
     /// Directory of the file sink's NDJSON files (created if missing).
-    #[arg(id = "file_dir", long = "events-file-dir", env = DIR, default_value = DEFAULT_DIR)]
-    pub dir: PathBuf,
+    #[arg(long = "events-file-dir", env = DIR, default_value = DEFAULT_DIR)]
+    pub file_dir: PathBuf,
 
     /// Size at which the file sink starts a new file, in bytes.
-    #[arg(id = "file_max_bytes", long = "events-file-max-bytes", env = MAX_BYTES, default_value_t = DEFAULT_MAX_FILE_BYTES)]
-    pub max_bytes: u64,
+    #[arg(long = "events-file-max-bytes", env = MAX_BYTES, default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    pub file_max_bytes: u64,
 }
 
 impl FileSettings {
     /// The sink's configuration for files in `dir` (the events directory, or the dead letters').
     pub fn config(&self, dir: PathBuf) -> Result<FileSinkConfig, ConfigErrors> {
-        if self.max_bytes == 0 {
+        if self.file_max_bytes == 0 {
             return Err(ConfigError::Invalid {
                 setting: MAX_BYTES,
                 message: "must be greater than 0".into(),
@@ -40,7 +40,7 @@ impl FileSettings {
         }
         Ok(FileSinkConfig {
             dir,
-            max_file_bytes: self.max_bytes,
+            max_file_bytes: self.file_max_bytes,
         })
     }
 }
@@ -49,11 +49,11 @@ impl SinkSettings for FileSettings {
     const CLOUD: bool = false;
 
     fn validate(&self) -> Result<(), ConfigErrors> {
-        self.config(self.dir.clone()).map(drop)
+        self.config(self.file_dir.clone()).map(drop)
     }
 
     async fn build(&self) -> anyhow::Result<Arc<dyn EventSink>> {
-        let sink = FileSink::open(self.config(self.dir.clone())?).context(DIR)?;
+        let sink = FileSink::open(self.config(self.file_dir.clone())?).context(DIR)?;
         Ok(Arc::new(sink))
     }
 }

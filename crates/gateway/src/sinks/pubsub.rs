@@ -31,20 +31,20 @@ pub const EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
 pub struct PubSubSettings {
     /// Publish events to Pub/Sub (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID` and `_TOPIC_ID` are
     /// then required); `false` selects the log sink (`docs/compatibility.md` §6).
-    #[arg(id = "pubsub_enabled", long = "events-pubsub-enabled", env = ENABLED, value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub enabled: Option<bool>,
+    #[arg(long = "events-pubsub-enabled", env = ENABLED, value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub pubsub_enabled: Option<bool>,
 
     /// Google Cloud project of the Pub/Sub topic.
-    #[arg(id = "pubsub_project_id", long = "events-pubsub-project-id", env = PROJECT_ID)]
-    pub project_id: Option<String>,
+    #[arg(long = "events-pubsub-project-id", env = PROJECT_ID)]
+    pub pubsub_project_id: Option<String>,
 
     /// Pub/Sub topic ID events are published to.
-    #[arg(id = "pubsub_topic_id", long = "events-pubsub-topic-id", env = TOPIC_ID)]
-    pub topic_id: Option<String>,
+    #[arg(long = "events-pubsub-topic-id", env = TOPIC_ID)]
+    pub pubsub_topic_id: Option<String>,
 
     /// How many events of one payload may await Pub/Sub's acknowledgement at once; 0 or less
     /// means 250 (`docs/compatibility.md` §4).
-    #[arg(id = "publish_concurrency", long = "events-stream-publish-concurrency",
+    #[arg(long = "events-stream-publish-concurrency",
         env = PUBLISH_CONCURRENCY,
         default_value_t = DEFAULT_PUBLISH_CONCURRENCY as i64,
         allow_negative_numbers = true
@@ -53,47 +53,48 @@ pub struct PubSubSettings {
 
     /// Longest wait, in seconds, for Pub/Sub to acknowledge a payload's events; events still
     /// unacknowledged are left out of the response, and the sender retries them.
-    #[arg(id = "pubsub_publish_timeout_seconds", long = "events-pubsub-publish-timeout-seconds",
+    #[arg(long = "events-pubsub-publish-timeout-seconds",
         env = PUBLISH_TIMEOUT_SECONDS,
         default_value_t = DEFAULT_PUBLISH_TIMEOUT.as_secs()
     )]
-    pub publish_timeout_seconds: u64,
+    pub pubsub_publish_timeout_seconds: u64,
 
     /// `host:port` of a Pub/Sub emulator: publish there in plaintext without credentials.
     /// Unset: Google's endpoint with application default credentials.
-    #[arg(id = "pubsub_emulator_host", long = "pubsub-emulator-host", env = EMULATOR_HOST)]
-    pub emulator_host: Option<String>,
+    #[arg(long = "pubsub-emulator-host", env = EMULATOR_HOST)]
+    pub pubsub_emulator_host: Option<String>,
 }
 
 impl PubSubSettings {
     /// Whether the settings ask for Pub/Sub when no sink list is given: enabled, or not
     /// disabled with a project or topic set (`docs/compatibility.md` §6).
     pub fn requested(&self) -> bool {
-        self.enabled == Some(true)
-            || (self.enabled.is_none() && (self.project_id.is_some() || self.topic_id.is_some()))
+        self.pubsub_enabled == Some(true)
+            || (self.pubsub_enabled.is_none()
+                && (self.pubsub_project_id.is_some() || self.pubsub_topic_id.is_some()))
     }
 
     /// Whether Pub/Sub is explicitly turned off (which selects the log sink).
     pub fn disabled(&self) -> bool {
-        self.enabled == Some(false)
+        self.pubsub_enabled == Some(false)
     }
 
     /// The sink's configuration for `topic` in `project`, with the emulator and timeout of these
     /// settings (shared with the dead-letter topic).
     pub fn for_topic(&self, project: String, topic: String) -> PubSubSinkConfig {
         let mut config = PubSubSinkConfig::new(project, topic);
-        config.emulator_host = non_blank(&self.emulator_host);
+        config.emulator_host = non_blank(&self.pubsub_emulator_host);
         config.publish_timeout =
-            std::time::Duration::from_secs(self.publish_timeout_seconds.max(1));
+            std::time::Duration::from_secs(self.pubsub_publish_timeout_seconds.max(1));
         config
     }
 
     /// The sink's configuration; project and topic must both be set.
     pub fn config(&self) -> Result<PubSubSinkConfig, ConfigErrors> {
         let mut problems = ConfigErrors::default();
-        let project = required(&mut problems, &self.project_id, PROJECT_ID, "pubsub");
-        let topic = required(&mut problems, &self.topic_id, TOPIC_ID, "pubsub");
-        if self.publish_timeout_seconds == 0 {
+        let project = required(&mut problems, &self.pubsub_project_id, PROJECT_ID, "pubsub");
+        let topic = required(&mut problems, &self.pubsub_topic_id, TOPIC_ID, "pubsub");
+        if self.pubsub_publish_timeout_seconds == 0 {
             problems.push(ConfigError::Invalid {
                 setting: PUBLISH_TIMEOUT_SECONDS,
                 message: "must be greater than 0".into(),
