@@ -14,6 +14,7 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "bigquery")]
 pub mod bigquery;
 mod builder;
 pub mod discard;
@@ -23,6 +24,7 @@ pub mod log;
 pub mod measured;
 pub mod pubsub;
 
+#[cfg(feature = "bigquery")]
 pub use bigquery::{BigQuerySink, BigQuerySinkConfig};
 pub use builder::PreparedEventBuilder;
 pub use discard::DiscardSink;
