@@ -210,15 +210,7 @@ mod tests {
     use prost_reflect::{DescriptorPool, DynamicMessage, Value};
     use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
-    fn event(id: &str, payload: &str) -> PreparedEvent {
-        PreparedEvent::builder(id)
-            .feature("cody.completion")
-            .action("accepted")
-            .timestamp(1_700_000_000, 123_456_789)
-            .payload(payload.to_string())
-            .attribute(SOURCE_ATTRIBUTE, "licensed_instance")
-            .build()
-    }
+    use crate::bigquery::rows::test_event as event;
 
     fn ingested_at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid")
