@@ -1,8 +1,9 @@
-//! Sourcegraph license keys, verified offline exactly as the original gateway does.
+//! Sourcegraph license keys, verified offline exactly as the original gateway does them
+//! (`docs/compatibility.md` §5).
 //!
 //! A key is base64url (no padding) of a JSON envelope `{"sig": <SSH signature>, "info": <bytes>}`;
 //! the signature is SSH-style RSA PKCS#1 v1.5 over the raw `info` bytes, which are themselves JSON
-//! describing the license. See `reference/behaviour.md` §4 for the wire details mirrored here.
+//! describing the license. `docs/compatibility.md` §5 has the wire details mirrored here.
 
 mod envelope;
 mod error;

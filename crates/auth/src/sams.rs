@@ -16,7 +16,8 @@ mod token_source;
 
 pub use client::SamsClient;
 pub use config::{
-    DEFAULT_MAX_CONCURRENT_INTROSPECTIONS, IntrospectionCacheConfig, SamsClientConfig,
+    DEFAULT_MAX_CONCURRENT_INTROSPECTIONS, DEFAULT_SAMS_URL, IntrospectionCacheConfig,
+    SamsClientConfig,
 };
 pub use error::SamsError;
 pub use introspection::Introspection;

@@ -7,10 +7,14 @@ use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use telemetry_gateway_server::{RateLimit, Secret};
-use telemetry_gateway_sink::BigQuerySinkConfig;
-use telemetry_gateway_sink::bigquery::WriteApi;
-use telemetry_gateway_sink::pubsub::{PubSubSinkConfig, publish_concurrency};
+use telemetry_gateway_server::dead_letter::{
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_QUEUE_BYTES, MIN_RECORD_BYTES,
+};
+use telemetry_gateway_server::{Limits, RateLimit, Secret};
+use telemetry_gateway_sink::{FileSinkConfig, PubSubSinkConfig};
+
+use crate::sinks::pubsub;
+pub use crate::sinks::{SinkKind, SinkSettingsAll};
 
 mod environment;
 
@@ -44,6 +48,14 @@ pub enum Command {
     /// Print the configuration reference (docs/configuration.md) and exit.
     #[command(hide = true)]
     ConfigDocs,
+    /// Print a shell completion script (`bash`, `zsh`, `fish`, `elvish`, `powershell`), e.g.
+    /// `telemetry-gateway completions bash > /etc/bash_completion.d/telemetry-gateway`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `telemetry-gateway man | man -l -`.
+    Man,
 }
 
 /// Every setting of the gateway.
@@ -96,7 +108,7 @@ pub struct ServerConfig {
     pub diagnostics_secret: Option<Secret>,
 
     /// Largest gRPC message accepted, in bytes; larger messages get `ResourceExhausted`.
-    #[arg(long, env = "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES", default_value_t = 90 * 1024 * 1024)]
+    #[arg(long, env = "TELEMETRY_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_BYTES", default_value_t = telemetry_gateway_server::DEFAULT_MAX_RECEIVE_MESSAGE_BYTES)]
     pub max_receive_message_bytes: usize,
 
     /// Running on the Managed Services Platform: `json_gcp` logs by default.
@@ -139,6 +151,12 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|err| format!("{text:?} is not a duration like 10s, 1m30s or 250ms: {err}"))
 }
 
+/// [`parse_duration`] for settings whose default is a library's `Duration`, shown as
+/// humantime writes it (`2m`, `30s`).
+pub fn parse_human_duration(text: &str) -> Result<humantime::Duration, String> {
+    parse_duration(text).map(humantime::Duration::from)
+}
+
 impl ServerConfig {
     /// The socket address to bind.
     pub fn listen_addr(&self) -> SocketAddr {
@@ -146,13 +164,18 @@ impl ServerConfig {
     }
 }
 
+/// `SRC_LOG_LEVEL`.
+pub const LOG_LEVEL: &str = "SRC_LOG_LEVEL";
+/// `SRC_LOG_SCOPE_LEVEL`.
+pub const LOG_SCOPE_LEVEL: &str = "SRC_LOG_SCOPE_LEVEL";
+
 /// Log output, with the settings of Sourcegraph's log library (docs/operations.md#logs).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logging")]
 pub struct LoggingConfig {
     /// Minimum log level: `debug`, `info`, `warn`, `error` (also the older `dbug`, `eror`,
     /// `crit`, and `warning`, `trace`); anything else stops the gateway at start-up.
-    #[arg(long, env = "SRC_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = LOG_LEVEL, default_value = "info")]
     pub log_level: String,
 
     /// Log format: `json_gcp` (Cloud Logging's fields and trace links; the default when `MSP`
@@ -164,7 +187,7 @@ pub struct LoggingConfig {
     /// Levels per scope, `scope=level,...`: a scope is an `InstrumentationScope` of the logs
     /// (or its prefix, such as `telemetry_gateway_sink`), or a library (`h2`, `hyper`, `tower`,
     /// `tonic`), whose debug lines are otherwise left out.
-    #[arg(long, env = "SRC_LOG_SCOPE_LEVEL")]
+    #[arg(long, env = LOG_SCOPE_LEVEL)]
     pub log_scope_level: Option<String>,
 
     /// Identical messages (same level and text) logged in full each second before sampling;
@@ -232,163 +255,22 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Events")]
 pub struct EventsConfig {
-    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`, `pubsub`, `bigquery`); with several, an
-    /// event is acknowledged only when every sink accepted it. Default: `pubsub` when
+    /// Sinks to deliver events to, comma-separated (`file`, `log`, `discard`, `pubsub`,
+    /// `bigquery`); with several, an event is acknowledged only when every sink accepted it.
+    /// Default: `pubsub` when
     /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED=true` (or unset with a Pub/Sub project or topic
     /// set), `log` when it is `false` (the original's logging mode), else `file`.
-    #[arg(
-        long = "events-sinks",
-        env = "TELEMETRY_GATEWAY_EVENTS_SINKS",
-        value_enum,
-        value_delimiter = ','
-    )]
+    #[arg(long = "events-sinks", env = SINKS, value_enum, value_delimiter = ',')]
     pub sinks: Vec<SinkKind>,
 
-    /// Publish events to Pub/Sub (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID` and `_TOPIC_ID` are
-    /// then required); `false` selects the log sink, as in the original.
-    #[arg(long = "events-pubsub-enabled", env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_ENABLED", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub pubsub_enabled: Option<bool>,
-
-    /// Google Cloud project of the Pub/Sub topic.
-    #[arg(
-        long = "events-pubsub-project-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID"
-    )]
-    pub pubsub_project_id: Option<String>,
-
-    /// Pub/Sub topic ID events are published to.
-    #[arg(
-        long = "events-pubsub-topic-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID"
-    )]
-    pub pubsub_topic_id: Option<String>,
-
-    /// How many events of one payload may await Pub/Sub's acknowledgement at once; 0 or less
-    /// means 250, as in the original.
-    #[arg(
-        long = "events-stream-publish-concurrency",
-        env = "TELEMETRY_GATEWAY_EVENTS_STREAM_PUBLISH_CONCURRENCY",
-        default_value_t = 250,
-        allow_negative_numbers = true
-    )]
-    pub publish_concurrency: i64,
-
-    /// Longest wait, in seconds, for Pub/Sub to acknowledge a payload's events; events still
-    /// unacknowledged are left out of the response, and the sender retries them.
-    #[arg(
-        long = "events-pubsub-publish-timeout-seconds",
-        env = "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
-        default_value_t = 30
-    )]
-    pub pubsub_publish_timeout_seconds: u64,
-
-    /// `host:port` of a Pub/Sub emulator: publish there in plaintext without credentials.
-    /// Unset: Google's endpoint with application default credentials.
-    #[arg(long = "pubsub-emulator-host", env = "PUBSUB_EMULATOR_HOST")]
-    pub pubsub_emulator_host: Option<String>,
-
-    /// Directory of the file sink's NDJSON files (created if missing).
-    #[arg(
-        long = "events-file-dir",
-        env = "TELEMETRY_GATEWAY_EVENTS_FILE_DIR",
-        default_value = "./data/events"
-    )]
-    pub file_dir: PathBuf,
-
-    /// Size at which the file sink starts a new file, in bytes.
-    #[arg(long = "events-file-max-bytes", env = "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
-    pub file_max_bytes: u64,
-
-    /// Google Cloud project of the BigQuery table events are inserted into.
-    #[arg(
-        long = "events-bigquery-project-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID"
-    )]
-    pub bigquery_project_id: Option<String>,
-
-    /// BigQuery dataset of the events table.
-    #[arg(
-        long = "events-bigquery-dataset-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID"
-    )]
-    pub bigquery_dataset_id: Option<String>,
-
-    /// BigQuery table events are inserted into, one row per event (schema:
-    /// `deploy/bigquery/events.schema.json`). Setting it selects the `bigquery` sink when
-    /// `TELEMETRY_GATEWAY_EVENTS_SINKS` is not set.
-    #[arg(
-        long = "events-bigquery-table-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID"
-    )]
-    pub bigquery_table_id: Option<String>,
-
-    /// The BigQuery API rows are written with: `storage` (the Storage Write API, table's default
-    /// stream; billed by actual bytes) or `insert_all` (the legacy streaming API; billed per row
-    /// with a 1 KB minimum). See docs/sinks.md for the costs of each.
-    #[arg(
-        long = "events-bigquery-write-api",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API",
-        value_enum,
-        default_value_t = BigQueryWriteApi::Storage
-    )]
-    pub bigquery_write_api: BigQueryWriteApi,
-
-    /// BigQuery v2 base URL replacing Google's (for emulators and tests, e.g.
-    /// `http://127.0.0.1:9050/bigquery/v2`); a fake access token is sent to it. Unset: Google's
-    /// endpoint with application default credentials. Used by `insert_all`.
-    #[arg(
-        long = "events-bigquery-endpoint",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT"
-    )]
-    pub bigquery_endpoint: Option<String>,
-
-    /// BigQuery Storage Write API gRPC URL replacing Google's (for emulators and tests, e.g.
-    /// `http://127.0.0.1:9060`); a fake access token is sent to it. Unset: Google's endpoint
-    /// with application default credentials. Used by `storage`.
-    #[arg(
-        long = "events-bigquery-storage-endpoint",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT"
-    )]
-    pub bigquery_storage_endpoint: Option<String>,
-
-    /// How long one BigQuery request (insertAll or AppendRows, or a health check) may take
-    /// before its events count as not delivered (retryable), in seconds.
-    #[arg(
-        long = "events-bigquery-request-timeout-seconds",
-        env = "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
-        default_value_t = 30
-    )]
-    pub bigquery_request_timeout_seconds: u64,
+    /// Each sink's settings (`crate::sinks`).
+    #[command(flatten)]
+    pub settings: SinkSettingsAll,
 
     /// Replace the raw license key in published metadata by `sha256:<hex>` of it (opt-in; changes
     /// what downstream consumers receive).
     #[arg(long = "events-fingerprint-license-keys", env = "TELEMETRY_GATEWAY_EVENTS_FINGERPRINT_LICENSE_KEYS", value_parser = BoolishValueParser::new(), default_value = "false", action = clap::ArgAction::Set)]
     pub fingerprint_license_keys: bool,
-}
-
-/// The sinks the gateway can deliver to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SinkKind {
-    /// Newline-delimited JSON files, fsynced before acknowledging (the default).
-    File,
-    /// Payloads written to the log at debug level (nothing is stored).
-    Log,
-    /// Drops every event but acknowledges it: a benchmarking aid, never for production.
-    Discard,
-    /// One message per event on a Pub/Sub topic (`TELEMETRY_GATEWAY_EVENTS_PUBSUB_*`).
-    Pubsub,
-    /// One row per event in a BigQuery table (`TELEMETRY_GATEWAY_EVENTS_BIGQUERY_*`).
-    Bigquery,
-}
-
-/// The BigQuery API the `bigquery` sink writes with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BigQueryWriteApi {
-    /// The Storage Write API (default stream).
-    Storage,
-    /// The legacy streaming API, `tabledata.insertAll`.
-    #[value(name = "insert_all")]
-    InsertAll,
 }
 
 /// Dead letters: every event refused for good (invalid, unrenderable, oversized, refused by a
@@ -401,7 +283,7 @@ pub struct DeadLetterConfig {
     /// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID`.
     #[arg(
         long = "events-deadletter-dir",
-        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR"
+        env = DEADLETTER_DIR
     )]
     pub deadletter_dir: Option<PathBuf>,
 
@@ -409,7 +291,7 @@ pub struct DeadLetterConfig {
     /// `PUBSUB_EMULATOR_HOST` when set).
     #[arg(
         long = "events-deadletter-pubsub-topic-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID"
+        env = DEADLETTER_PUBSUB_TOPIC_ID
     )]
     pub deadletter_pubsub_topic_id: Option<String>,
 
@@ -417,7 +299,7 @@ pub struct DeadLetterConfig {
     /// `TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID`.
     #[arg(
         long = "events-deadletter-pubsub-project-id",
-        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID"
+        env = DEADLETTER_PUBSUB_PROJECT_ID
     )]
     pub deadletter_pubsub_project_id: Option<String>,
 
@@ -425,8 +307,8 @@ pub struct DeadLetterConfig {
     /// its metadata, then the tail of its protobuf bytes, and is marked `"truncated":true`.
     #[arg(
         long = "events-deadletter-max-bytes",
-        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES",
-        default_value_t = 1024 * 1024
+        env = DEADLETTER_MAX_BYTES,
+        default_value_t = DEFAULT_MAX_RECORD_BYTES
     )]
     pub deadletter_max_bytes: usize,
 
@@ -434,74 +316,90 @@ pub struct DeadLetterConfig {
     /// in `telemetry-gateway.dead_letters.failed`.
     #[arg(
         long = "events-deadletter-queue-bytes",
-        env = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES",
-        default_value_t = 16 * 1024 * 1024
+        env = DEADLETTER_QUEUE_BYTES,
+        default_value_t = DEFAULT_QUEUE_BYTES
     )]
     pub deadletter_queue_bytes: usize,
 }
 
+/// `TELEMETRY_GATEWAY_EVENTS_SINKS`.
+pub const SINKS: &str = "TELEMETRY_GATEWAY_EVENTS_SINKS";
+/// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR`.
+pub const DEADLETTER_DIR: &str = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR";
+/// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID`.
+pub const DEADLETTER_PUBSUB_TOPIC_ID: &str = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID";
+/// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID`.
+pub const DEADLETTER_PUBSUB_PROJECT_ID: &str =
+    "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID";
+/// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES`.
+pub const DEADLETTER_MAX_BYTES: &str = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES";
+/// `TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES`.
+pub const DEADLETTER_QUEUE_BYTES: &str = "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES";
+
 /// Where dead letters go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadLetterDestination {
-    /// NDJSON files in this directory.
-    Dir(PathBuf),
+    /// NDJSON files in a directory, rotated as the file sink's.
+    Dir(FileSinkConfig),
     /// Messages on this Pub/Sub topic.
     PubSub(PubSubSinkConfig),
 }
 
 impl DeadLetterConfig {
-    /// The destination, `None` when dead letters are off; `events` supplies the Pub/Sub
-    /// defaults (project, emulator, timeout).
+    /// The destination, `None` when dead letters are off; `events` supplies the file rotation and
+    /// the Pub/Sub defaults (project, emulator, timeout).
     pub fn destination(
         &self,
         events: &EventsConfig,
-    ) -> Result<Option<DeadLetterDestination>, ConfigError> {
-        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    ) -> Result<Option<DeadLetterDestination>, ConfigErrors> {
         let dir = self
             .deadletter_dir
             .clone()
             .filter(|dir| !dir.as_os_str().is_empty());
-        let topic = set(&self.deadletter_pubsub_topic_id);
-        if self.deadletter_max_bytes < telemetry_gateway_server::dead_letter::MIN_RECORD_BYTES {
+        let topic = non_blank(&self.deadletter_pubsub_topic_id);
+        if self.deadletter_max_bytes < MIN_RECORD_BYTES {
             return Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES",
-                message: format!(
-                    "must be at least {}",
-                    telemetry_gateway_server::dead_letter::MIN_RECORD_BYTES
-                ),
-            });
+                setting: DEADLETTER_MAX_BYTES,
+                message: format!("must be at least {MIN_RECORD_BYTES}"),
+            }
+            .into());
         }
         if self.deadletter_queue_bytes < self.deadletter_max_bytes {
             return Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_QUEUE_BYTES",
-                message: "must be at least TELEMETRY_GATEWAY_EVENTS_DEADLETTER_MAX_BYTES".into(),
-            });
+                setting: DEADLETTER_QUEUE_BYTES,
+                message: format!("must be at least {DEADLETTER_MAX_BYTES}"),
+            }
+            .into());
         }
+        let pubsub = &events.settings.pubsub;
         match (dir, topic) {
-            (Some(_), Some(_)) => Err(ConfigError::Conflict(
-                "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_DIR",
-                "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID",
-            )),
-            (Some(dir), None) => Ok(Some(DeadLetterDestination::Dir(dir))),
+            (Some(_), Some(_)) => {
+                Err(ConfigError::Conflict(DEADLETTER_DIR, DEADLETTER_PUBSUB_TOPIC_ID).into())
+            }
+            (Some(dir), None) => Ok(Some(DeadLetterDestination::Dir(
+                events.settings.file.config(dir)?,
+            ))),
             (None, Some(topic)) => {
-                let project = set(&self.deadletter_pubsub_project_id)
-                    .or_else(|| set(&events.pubsub_project_id))
+                let project = non_blank(&self.deadletter_pubsub_project_id)
+                    .or_else(|| non_blank(&pubsub.pubsub_project_id))
                     .ok_or(ConfigError::Invalid {
-                        setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID",
-                        message: "required by the dead-letter topic (or set TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID)".into(),
+                        setting: DEADLETTER_PUBSUB_PROJECT_ID,
+                        message: format!(
+                            "required by the dead-letter topic (or set {})",
+                            pubsub::PROJECT_ID
+                        ),
                     })?;
-                let mut config = PubSubSinkConfig::new(project, topic);
-                config.emulator_host = set(&events.pubsub_emulator_host);
-                config.publish_timeout =
-                    std::time::Duration::from_secs(events.pubsub_publish_timeout_seconds.max(1));
-                Ok(Some(DeadLetterDestination::PubSub(config)))
+                Ok(Some(DeadLetterDestination::PubSub(
+                    pubsub.for_topic(project, topic),
+                )))
             }
             (None, None) => {
-                if set(&self.deadletter_pubsub_project_id).is_some() {
+                if non_blank(&self.deadletter_pubsub_project_id).is_some() {
                     return Err(ConfigError::Invalid {
-                        setting: "TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_TOPIC_ID",
-                        message: "required when TELEMETRY_GATEWAY_EVENTS_DEADLETTER_PUBSUB_PROJECT_ID is set".into(),
-                    });
+                        setting: DEADLETTER_PUBSUB_TOPIC_ID,
+                        message: format!("required when {DEADLETTER_PUBSUB_PROJECT_ID} is set"),
+                    }
+                    .into());
                 }
                 Ok(None)
             }
@@ -509,20 +407,25 @@ impl DeadLetterConfig {
     }
 }
 
+/// `TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY`.
+pub const LICENSE_PUBLIC_KEY: &str = "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY";
+/// `SOURCEGRAPH_LICENSE_GENERATION_KEY`.
+pub const LICENSE_GENERATION_KEY: &str = "SOURCEGRAPH_LICENSE_GENERATION_KEY";
+
 /// How license keys are checked.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Licenses")]
 pub struct LicenseConfig {
     /// OpenSSH public key (`ssh-rsa AAAA...`) that verifies license keys, replacing the built-in
     /// production key.
-    #[arg(long, env = "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY")]
+    #[arg(long, env = LICENSE_PUBLIC_KEY)]
     pub license_public_key: Option<String>,
 
     /// PEM private key whose public half verifies license keys (compatibility with the original;
     /// the private half is not used). Conflicts with `TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY`.
     #[arg(
         long,
-        env = "SOURCEGRAPH_LICENSE_GENERATION_KEY",
+        env = LICENSE_GENERATION_KEY,
         hide_env_values = true
     )]
     pub license_generation_key: Option<Secret>,
@@ -547,49 +450,49 @@ pub struct LimitsConfig {
     #[arg(
         long,
         env = "TELEMETRY_GATEWAY_MAX_EVENTS_PER_PAYLOAD",
-        default_value_t = 20_000
+        default_value_t = Limits::default().max_events_per_payload
     )]
     pub max_events_per_payload: usize,
 
     /// Most bytes of a stream's first message, the metadata (`ResourceExhausted` beyond; real
     /// metadata is a few KB, and every event's published payload repeats it).
-    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_METADATA_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     pub max_metadata_bytes: usize,
 
     /// Most bytes of a license key, checked before it is parsed (`InvalidArgument` beyond).
-    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_LICENSE_KEY_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_LICENSE_KEY_BYTES", default_value_t = Limits::default().max_license_key_bytes)]
     pub max_license_key_bytes: usize,
 
     /// How long a `RecordEvents` stream may stay open (`DeadlineExceeded` after it, once the
-    /// payload in progress is answered), as the original's 2-minute HTTP timeouts.
-    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_LIFETIME", default_value = "2m", value_parser = parse_duration)]
-    pub stream_lifetime: std::time::Duration,
+    /// payload in progress is answered), the original's 2 minutes (`docs/compatibility.md` §2).
+    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_LIFETIME", default_value_t = Limits::default().stream_lifetime.into(), value_parser = parse_human_duration)]
+    pub stream_lifetime: humantime::Duration,
 
     /// How long a stream may wait before sending its next message (`DeadlineExceeded`).
-    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub stream_idle_timeout: std::time::Duration,
+    #[arg(long, env = "TELEMETRY_GATEWAY_STREAM_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.into(), value_parser = parse_human_duration)]
+    pub stream_idle_timeout: humantime::Duration,
 
     /// Slowest average rate, in bytes per second, at which an admitted message may arrive once
     /// `TELEMETRY_GATEWAY_RECEIVE_GRACE` has passed (`DeadlineExceeded`, and its room is freed).
-    #[arg(long, env = "TELEMETRY_GATEWAY_MIN_RECEIVE_BYTES_PER_SECOND", default_value_t = 16 * 1024)]
+    #[arg(long, env = "TELEMETRY_GATEWAY_MIN_RECEIVE_BYTES_PER_SECOND", default_value_t = Limits::default().min_receive_bytes_per_second)]
     pub min_receive_bytes_per_second: usize,
 
     /// How long an admitted message may take to arrive before the minimum rate applies.
-    #[arg(long, env = "TELEMETRY_GATEWAY_RECEIVE_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub receive_grace: std::time::Duration,
+    #[arg(long, env = "TELEMETRY_GATEWAY_RECEIVE_GRACE", default_value_t = Limits::default().receive_grace.into(), value_parser = parse_human_duration)]
+    pub receive_grace: humantime::Duration,
 
     /// Most concurrent streams on one HTTP/2 connection (the HTTP/2 setting sent to clients).
     #[arg(
         long,
         env = "TELEMETRY_GATEWAY_MAX_STREAMS_PER_CONNECTION",
-        default_value_t = 100
+        default_value_t = Limits::default().max_streams_per_connection
     )]
     pub max_streams_per_connection: u32,
 
     /// Percentage (1–100) of each part of the memory budget that the streams of one connection
     /// may hold together; a message costing more is refused, one that does not fit beside the
     /// connection's others is refused with a retry hint.
-    #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_SHARE_PERCENT", default_value_t = Limits::default().connection_share_percent, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub connection_share_percent: u8,
 }
 
@@ -600,10 +503,10 @@ impl LimitsConfig {
             max_events_per_payload: self.max_events_per_payload,
             max_metadata_bytes: self.max_metadata_bytes,
             max_license_key_bytes: self.max_license_key_bytes,
-            stream_lifetime: self.stream_lifetime,
-            idle_timeout: self.stream_idle_timeout,
+            stream_lifetime: self.stream_lifetime.into(),
+            idle_timeout: self.stream_idle_timeout.into(),
             min_receive_bytes_per_second: self.min_receive_bytes_per_second,
-            receive_grace: self.receive_grace,
+            receive_grace: self.receive_grace.into(),
             max_streams_per_connection: self.max_streams_per_connection,
             connection_share_percent: self.connection_share_percent,
             max_decoded_message_bytes: max_message_bytes,
@@ -647,6 +550,15 @@ impl RateLimitConfig {
     }
 }
 
+/// `SAMS_URL`.
+pub const SAMS_URL: &str = "SAMS_URL";
+/// `TELEMETRY_GATEWAY_SAMS_SERVER_URL`.
+pub const SAMS_SERVER_URL: &str = "TELEMETRY_GATEWAY_SAMS_SERVER_URL";
+/// `TELEMETRY_GATEWAY_SAMS_CLIENT_ID`.
+pub const SAMS_CLIENT_ID: &str = "TELEMETRY_GATEWAY_SAMS_CLIENT_ID";
+/// `TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET`.
+pub const SAMS_CLIENT_SECRET: &str = "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET";
+
 /// How managed services' SAMS tokens are checked.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Managed services")]
@@ -654,24 +566,24 @@ pub struct SamsConfig {
     /// External URL of SAMS (Sourcegraph Accounts), where managed services' tokens are checked.
     #[arg(
         long,
-        env = "SAMS_URL",
-        default_value = "https://accounts.sourcegraph.com"
+        env = SAMS_URL,
+        default_value = telemetry_gateway_auth::sams::DEFAULT_SAMS_URL
     )]
     pub sams_url: String,
 
     /// SAMS API URL replacing `SAMS_URL` for the gateway's calls (`/oauth/token`, `/api/grpc`).
-    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_SERVER_URL")]
+    #[arg(long, env = SAMS_SERVER_URL)]
     pub sams_server_url: Option<String>,
 
     /// The gateway's own SAMS client ID; set with the secret to accept managed services. With
     /// neither set, managed-service calls are refused with `Unauthenticated`.
-    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_CLIENT_ID")]
+    #[arg(long, env = SAMS_CLIENT_ID)]
     pub sams_client_id: Option<String>,
 
     /// The gateway's own SAMS client secret; required when the client ID is set.
     #[arg(
         long,
-        env = "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
+        env = SAMS_CLIENT_SECRET,
         hide_env_values = true
     )]
     pub sams_client_secret: Option<Secret>,
@@ -679,7 +591,7 @@ pub struct SamsConfig {
     /// Most SAMS token checks (introspections of distinct tokens) in progress at once; a check
     /// that finds none free within 5 s is refused with `Unavailable`, so a flood of made-up
     /// tokens never becomes a flood against SAMS.
-    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_MAX_CONCURRENT_INTROSPECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = "TELEMETRY_GATEWAY_SAMS_MAX_CONCURRENT_INTROSPECTIONS", default_value_t = telemetry_gateway_auth::sams::DEFAULT_MAX_CONCURRENT_INTROSPECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub sams_max_concurrent_introspections: u64,
 }
 
@@ -712,12 +624,12 @@ impl SamsConfig {
                 client_secret,
             })),
             (Some(_), None) => Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET",
-                message: "required when TELEMETRY_GATEWAY_SAMS_CLIENT_ID is set".into(),
+                setting: SAMS_CLIENT_SECRET,
+                message: format!("required when {SAMS_CLIENT_ID} is set"),
             }),
             (None, Some(_)) => Err(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_SAMS_CLIENT_ID",
-                message: "required when TELEMETRY_GATEWAY_SAMS_CLIENT_SECRET is set".into(),
+                setting: SAMS_CLIENT_ID,
+                message: format!("required when {SAMS_CLIENT_SECRET} is set"),
             }),
         }
     }
@@ -805,161 +717,25 @@ pub fn env_hint(err: &clap::Error) -> Option<String> {
         .then(|| format!("note: the value comes from the environment variable {env}"))
 }
 
-impl EventsConfig {
-    /// The sinks to build, after defaults and consistency checks; every problem is reported.
-    pub fn selected_sinks(&self) -> Result<Vec<SinkKind>, ConfigErrors> {
-        let pubsub_requested = self.pubsub_enabled == Some(true)
-            || (self.pubsub_enabled.is_none()
-                && (self.pubsub_project_id.is_some() || self.pubsub_topic_id.is_some()));
-        let mut sinks = if !self.sinks.is_empty() {
-            self.sinks.clone()
-        } else if pubsub_requested {
-            vec![SinkKind::Pubsub]
-        } else if self.pubsub_enabled == Some(false) {
-            vec![SinkKind::Log]
-        } else {
-            vec![SinkKind::File]
-        };
-        if self.sinks.is_empty() && self.bigquery_table_id.is_some() {
-            // A configured table is a cloud sink: it replaces the embedded file default.
-            sinks.retain(|kind| *kind != SinkKind::File);
-            sinks.push(SinkKind::Bigquery);
-        }
-        let mut problems = ConfigErrors::default();
-        if sinks.contains(&SinkKind::Pubsub)
-            && let Err(errors) = self.pubsub_sink()
-        {
-            problems.extend(errors);
-        }
-        if sinks.contains(&SinkKind::Bigquery)
-            && let Err(errors) = self.bigquery_sink()
-        {
-            problems.extend(errors);
-        }
-        let mut seen = Vec::new();
-        sinks.retain(|kind| {
-            let first = !seen.contains(kind);
-            seen.push(*kind);
-            first
-        });
-        if self.file_max_bytes == 0 {
-            problems.push(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES",
-                message: "must be greater than 0".into(),
-            });
-        }
-        problems.into_result()?;
-        Ok(sinks)
-    }
+/// The value of `value` unless it is unset or blank (templated deployments set blanks).
+pub(crate) fn non_blank(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|value| !value.trim().is_empty())
 }
 
 /// The value of a setting a sink requires; a missing one is recorded in `problems`.
-fn required(
+pub(crate) fn required(
     problems: &mut ConfigErrors,
     value: &Option<String>,
     setting: &'static str,
     sink: &str,
 ) -> String {
-    match value {
-        Some(value) if !value.trim().is_empty() => value.clone(),
-        _ => {
-            problems.push(ConfigError::Invalid {
-                setting,
-                message: format!("required by the {sink} sink"),
-            });
-            String::new()
-        }
-    }
-}
-
-impl EventsConfig {
-    /// The Pub/Sub sink's settings; project and topic must both be set.
-    pub fn pubsub_sink(&self) -> Result<PubSubSinkConfig, ConfigErrors> {
-        let mut problems = ConfigErrors::default();
-        let project = required(
-            &mut problems,
-            &self.pubsub_project_id,
-            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PROJECT_ID",
-            "pubsub",
-        );
-        let topic = required(
-            &mut problems,
-            &self.pubsub_topic_id,
-            "TELEMETRY_GATEWAY_EVENTS_PUBSUB_TOPIC_ID",
-            "pubsub",
-        );
-        if self.pubsub_publish_timeout_seconds == 0 {
-            problems.push(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_PUBSUB_PUBLISH_TIMEOUT_SECONDS",
-                message: "must be greater than 0".into(),
-            });
-        }
-        problems.into_result()?;
-        let mut config = PubSubSinkConfig::new(project, topic);
-        config.emulator_host = self
-            .pubsub_emulator_host
-            .clone()
-            .filter(|host| !host.trim().is_empty());
-        config.publish_concurrency = publish_concurrency(self.publish_concurrency);
-        config.publish_timeout =
-            std::time::Duration::from_secs(self.pubsub_publish_timeout_seconds);
-        Ok(config)
-    }
-
-    /// The BigQuery sink's settings; project, dataset and table must all be set.
-    pub fn bigquery_sink(&self) -> Result<BigQuerySinkConfig, ConfigErrors> {
-        let mut problems = ConfigErrors::default();
-        let project = required(
-            &mut problems,
-            &self.bigquery_project_id,
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID",
-            "bigquery",
-        );
-        let dataset = required(
-            &mut problems,
-            &self.bigquery_dataset_id,
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID",
-            "bigquery",
-        );
-        let table = required(
-            &mut problems,
-            &self.bigquery_table_id,
-            "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID",
-            "bigquery",
-        );
-        if self.bigquery_request_timeout_seconds == 0 {
-            problems.push(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_REQUEST_TIMEOUT_SECONDS",
-                message: "must be greater than 0".into(),
-            });
-        }
-        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
-        let endpoint = set(&self.bigquery_endpoint);
-        let storage_endpoint = set(&self.bigquery_storage_endpoint);
-        let write_api = match self.bigquery_write_api {
-            BigQueryWriteApi::Storage => WriteApi::Storage,
-            BigQueryWriteApi::InsertAll => WriteApi::InsertAll,
-        };
-        if write_api == WriteApi::Storage && endpoint.is_some() && storage_endpoint.is_none() {
-            // An emulator for one API and Google's real endpoint for the other would send test
-            // rows to production.
-            problems.push(ConfigError::Invalid {
-                setting: "TELEMETRY_GATEWAY_EVENTS_BIGQUERY_STORAGE_ENDPOINT",
-                message: "required with TELEMETRY_GATEWAY_EVENTS_BIGQUERY_ENDPOINT when \
-                          TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=storage (the default); \
-                          or set TELEMETRY_GATEWAY_EVENTS_BIGQUERY_WRITE_API=insert_all"
-                    .into(),
-            });
-        }
-        problems.into_result()?;
-        let mut config = BigQuerySinkConfig::new(project, dataset, table);
-        config.request_timeout =
-            std::time::Duration::from_secs(self.bigquery_request_timeout_seconds);
-        config.endpoint = endpoint;
-        config.storage_endpoint = storage_endpoint;
-        config.write_api = write_api;
-        Ok(config)
-    }
+    non_blank(value).unwrap_or_else(|| {
+        problems.push(ConfigError::Invalid {
+            setting,
+            message: format!("required by the {sink} sink"),
+        });
+        String::new()
+    })
 }
 
 impl LicenseConfig {
@@ -967,8 +743,8 @@ impl LicenseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.license_public_key.is_some() && self.license_generation_key.is_some() {
             return Err(ConfigError::Conflict(
-                "TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY",
-                "SOURCEGRAPH_LICENSE_GENERATION_KEY",
+                LICENSE_PUBLIC_KEY,
+                LICENSE_GENERATION_KEY,
             ));
         }
         Ok(())

@@ -24,7 +24,10 @@ pub fn render() -> String {
          variable that is not a setting is logged as a warning at start. \
          `telemetry-gateway check-config` prints the effective settings with their origin \
          (flag, environment, default; secrets redacted) and every problem, and exits 0 when \
-         the gateway would start, 2 when not; it does not contact the sinks.\n",
+         the gateway would start, 2 when not; it does not contact the sinks. \
+         `telemetry-gateway man` prints the manual page (`telemetry-gateway man | man -l -`) and \
+         `telemetry-gateway completions bash` (or `zsh`, `fish`, `elvish`, `powershell`) a shell \
+         completion script.\n",
     );
     let mut heading: Option<String> = None;
     for arg in command.get_arguments() {

@@ -1,7 +1,8 @@
-//! Error reports to Sentry when `SENTRY_DSN` is set, as the original reports them: error-level
-//! log lines that carry an `error` field become Sentry events (a failed publish tagged with its
-//! event's feature, action and ID), other errors and warnings become breadcrumbs, and panics are
-//! captured. Cancellations are logged as warnings without an error, so they never become events.
+//! Error reports to Sentry when `SENTRY_DSN` is set, reported as the original does
+//! (`docs/compatibility.md` §8): error-level log lines that carry an `error` field become Sentry
+//! events (a failed publish tagged with its event's feature, action and ID), other errors and
+//! warnings become breadcrumbs, and panics are captured. Cancellations are logged as warnings
+//! without an error, so they never become events.
 //!
 //! Nothing here reads requests: a report holds only what the log line holds, and the server logs
 //! neither license keys nor bearer tokens.

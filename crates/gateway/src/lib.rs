@@ -5,6 +5,7 @@ pub mod config;
 pub mod config_docs;
 pub mod error_reporting;
 pub mod logging;
+pub mod manual;
 pub mod otlp;
 pub mod replay;
 pub mod send;
@@ -41,11 +42,11 @@ pub fn license_verifier(config: &LicenseConfig) -> Result<LicenseVerifier, Confi
     };
     if let Some(line) = &config.license_public_key {
         return LicenseVerifier::from_openssh_public_key(line)
-            .map_err(invalid("TELEMETRY_GATEWAY_LICENSE_PUBLIC_KEY"));
+            .map_err(invalid(config::LICENSE_PUBLIC_KEY));
     }
     if let Some(pem) = &config.license_generation_key {
         return LicenseVerifier::from_pem_private_key(pem.expose())
-            .map_err(invalid("SOURCEGRAPH_LICENSE_GENERATION_KEY"));
+            .map_err(invalid(config::LICENSE_GENERATION_KEY));
     }
     Ok(LicenseVerifier::production())
 }
@@ -59,9 +60,9 @@ pub fn managed_authorizer(
         return Ok(Arc::new(NotConfigured));
     };
     let setting = if config.sams_server_url.is_some() {
-        "TELEMETRY_GATEWAY_SAMS_SERVER_URL"
+        config::SAMS_SERVER_URL
     } else {
-        "SAMS_URL"
+        config::SAMS_URL
     };
     let mut client = SamsClientConfig::new(
         credentials.api_url,
@@ -93,8 +94,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     if let Err(errors) = config.events.selected_sinks() {
         problems.extend(errors);
     }
-    if let Err(error) = config.dead_letters.destination(&config.events) {
-        problems.push(error);
+    if let Err(errors) = config.dead_letters.destination(&config.events) {
+        problems.extend(errors);
     }
     if let Err(errors) = logging::LogSettings::from_config(&config.logging, config.server.msp) {
         problems.extend(errors);

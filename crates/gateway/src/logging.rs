@@ -62,7 +62,7 @@ impl LogSettings {
         let mut problems = ConfigErrors::default();
         let level = parse_level(&config.log_level).unwrap_or_else(|| {
             problems.push(ConfigError::Invalid {
-                setting: "SRC_LOG_LEVEL",
+                setting: crate::config::LOG_LEVEL,
                 message: format!("{:?} is not a level: use {LEVEL_NAMES}", config.log_level),
             });
             LevelFilter::INFO
@@ -90,7 +90,7 @@ impl LogSettings {
             match parsed {
                 Some(scope) => scopes.push(scope),
                 None => problems.push(ConfigError::Invalid {
-                    setting: "SRC_LOG_SCOPE_LEVEL",
+                    setting: crate::config::LOG_SCOPE_LEVEL,
                     message: format!("{entry:?} is not scope=level (levels: {LEVEL_NAMES})"),
                 }),
             }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use telemetry_gateway::config::{self, Command, ParsedCli};
 use telemetry_gateway::telemetry::Telemetry;
-use telemetry_gateway::{config_docs, run, shutdown_signal};
+use telemetry_gateway::{config_docs, manual, run, shutdown_signal};
 
 /// mimalloc rather than glibc's malloc: every event allocates its decoded strings and maps, its
 /// rendered payload and attributes, and frees them a moment later on another thread; glibc's
@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             print!("{}", config_docs::render());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Completions { shell }) => {
+            return print_or_fail(manual::completions(shell, &mut std::io::stdout()));
+        }
+        Some(Command::Man) => return print_or_fail(manual::man_page(&mut std::io::stdout())),
         Some(Command::CheckConfig) => return check_config(&parsed),
         Some(Command::Send(args)) => return telemetry_gateway::send::run(*args),
         Some(Command::Replay(args)) => {
@@ -81,6 +85,17 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Success, or the error of writing to stdout.
+fn print_or_fail(written: std::io::Result<()>) -> ExitCode {
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("telemetry-gateway: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `telemetry-gateway check-config`: the effective settings, then every problem; exit 0 when the

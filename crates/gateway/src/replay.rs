@@ -26,7 +26,7 @@ use telemetry_gateway_server::pipeline::{attributes, prepare_single};
 use telemetry_gateway_server::{Source, SourceKind};
 use telemetry_gateway_sink::{EventSink, PreparedEvent, PublishOutcome};
 
-use crate::config::{Config, SinkKind};
+use crate::config::Config;
 
 /// At most this many problems (failed or skipped lines) are printed one by one per file.
 const SHOWN_PROBLEMS: usize = 20;
@@ -117,10 +117,7 @@ pub fn run(args: ReplayArgs, config: Config) -> ExitCode {
 /// The configured sinks, which must be cloud sinks.
 async fn build_sink(config: &Config) -> anyhow::Result<Arc<dyn EventSink>> {
     let kinds = config.events.selected_sinks()?;
-    if kinds
-        .iter()
-        .any(|kind| !matches!(kind, SinkKind::Pubsub | SinkKind::Bigquery))
-    {
+    if kinds.iter().any(|kind| !kind.is_cloud()) {
         anyhow::bail!(
             "replay delivers to Pub/Sub and/or BigQuery, but the configured sinks are {kinds:?}: \
              set TELEMETRY_GATEWAY_EVENTS_SINKS=pubsub, bigquery or pubsub,bigquery with their settings"

@@ -161,8 +161,8 @@ async fn instance_traffic_is_counted_exactly() {
         &payload_length,
     );
 
-    // Twice per payload, as the original: the acknowledged count (dropped events included) and
-    // the failed count, zero here.
+    // Twice per payload (`docs/compatibility.md` §8): the acknowledged count (dropped events
+    // included) and the failed count, zero here.
     metrics.assert_family(
         "telemetry_gateway_record_events_processed_events_total",
         &[
@@ -281,8 +281,8 @@ async fn managed_service_failures_are_counted_as_failed() {
         [vec!["m-0"], Vec::<&str>::new(), vec![]]
     );
 
-    // Unary: one delivered, one oversized (dropped, reported as success as the original does),
-    // one invalid (refused, and counted nowhere), one with a bad token.
+    // Unary: one delivered, one oversized (dropped, reported as success: `docs/compatibility.md`
+    // §3), one invalid (refused, and counted nowhere), one with a bad token.
     let unary = |event: Event, token: &str| {
         let mut request = tonic::Request::new(RecordEventRequest {
             metadata: Some(managed.clone()),

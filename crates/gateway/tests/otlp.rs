@@ -221,7 +221,7 @@ async fn processed_events_are_exported_with_their_attributes() {
                     .find(|m| m.metric.name == PROCESSED_EVENTS)
             )
         });
-    // As the original, each payload adds both counts, either possibly zero.
+    // Each payload adds both counts, either possibly zero (`docs/compatibility.md` §8).
     assert_eq!(processed(&metric, false, "success"), Some(0));
     assert_eq!(processed(&metric, true, "complete_failure"), Some(0));
     assert_eq!(

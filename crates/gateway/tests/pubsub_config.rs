@@ -97,7 +97,7 @@ fn the_sink_gets_the_emulator_host_concurrency_and_timeout() {
         "--events-pubsub-publish-timeout-seconds",
         "5",
     ]));
-    let config = cli.config.events.pubsub_sink().expect("valid");
+    let config = cli.config.events.settings.pubsub.config().expect("valid");
     assert_eq!(config.topic_name(), "projects/project/topics/events");
     assert_eq!(config.emulator_host.as_deref(), Some("127.0.0.1:8085"));
     assert_eq!(config.publish_concurrency, 40);
@@ -111,7 +111,57 @@ fn a_concurrency_of_zero_or_less_means_250_as_in_the_original() {
             "--events-stream-publish-concurrency",
             setting,
         ]));
-        let config = cli.config.events.pubsub_sink().expect("valid");
+        let config = cli.config.events.settings.pubsub.config().expect("valid");
         assert_eq!(config.publish_concurrency, 250, "{setting}");
     }
+}
+
+#[test]
+fn only_the_selected_sinks_settings_are_checked() {
+    // The file sink is not selected, so its rotation size does not matter.
+    let cli = parse(&with_topic(&["--events-file-max-bytes", "0"]));
+    assert_eq!(
+        cli.config.events.selected_sinks().expect("valid"),
+        vec![SinkKind::Pubsub]
+    );
+    // Selected, it does; and so does a BigQuery sink without its table.
+    let cli = parse(&with_topic(&[
+        "--events-file-max-bytes",
+        "0",
+        "--events-sinks",
+        "pubsub,file,bigquery",
+    ]));
+    let err = cli
+        .config
+        .events
+        .selected_sinks()
+        .expect_err("two sinks misconfigured")
+        .to_string();
+    assert_eq!(
+        err,
+        "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES: must be greater than 0\n\
+         TELEMETRY_GATEWAY_EVENTS_BIGQUERY_PROJECT_ID: required by the bigquery sink\n\
+         TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID: required by the bigquery sink\n\
+         TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID: required by the bigquery sink"
+    );
+}
+
+#[test]
+fn a_dead_letter_directory_is_rotated_as_the_file_sink_and_checked_so() {
+    let cli = parse(&with_topic(&[
+        "--events-file-max-bytes",
+        "0",
+        "--events-deadletter-dir",
+        "/tmp/dead-letters",
+    ]));
+    let err = cli
+        .config
+        .dead_letters
+        .destination(&cli.config.events)
+        .expect_err("no rotation size")
+        .to_string();
+    assert_eq!(
+        err,
+        "TELEMETRY_GATEWAY_EVENTS_FILE_MAX_BYTES: must be greater than 0"
+    );
 }

@@ -1,5 +1,6 @@
-//! Events encoded by older protocol shapes still decode (SPEC §1), checked against an
-//! independent oracle: Python protobuf's JSON rendering of the same bytes (`expected.json`).
+//! Events encoded by older protocol shapes still decode (`docs/compatibility.md` §1), checked
+//! against an independent oracle: Python protobuf's JSON rendering of the same bytes
+//! (`expected.json`).
 
 use std::path::PathBuf;
 

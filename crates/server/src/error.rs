@@ -369,8 +369,8 @@ impl From<ServerError> for Status {
 
 /// Maps an error from reading the request stream: tonic reports an over-limit message as
 /// `OutOfRange`, where gRPC (and the original) say `ResourceExhausted`. Anything else (the
-/// budget's refusals among them, already made from a [`ServerError`]) is returned unchanged, as
-/// the original does.
+/// budget's refusals among them, already made from a [`ServerError`]) is returned unchanged
+/// (`docs/compatibility.md` §2).
 pub fn receive_error(status: Status) -> Status {
     if status.code() == Code::OutOfRange
         && status

@@ -50,7 +50,7 @@ pub use secret::Secret;
 pub use service::{EventGateway, GrpcService};
 pub use source::{Source, SourceKind};
 
-/// The default limit on one received gRPC message: 90 MiB, as the original.
+/// The default limit on one received gRPC message: 90 MiB (`docs/compatibility.md` §1).
 pub const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES: usize = 90 * 1024 * 1024;
 
 /// Transport settings of the server.

@@ -2,7 +2,7 @@
 //!
 //! The gateway asks a [`ManagedServiceAuthorizer`] whether the caller's gRPC metadata carries a
 //! token allowed to write events. [`SamsAuthorizer`] reads the bearer token and asks SAMS, with
-//! the status codes and messages of the original (`reference/behaviour.md` §2.6); without SAMS
+//! the original's status codes and messages (`docs/compatibility.md` §5); without SAMS
 //! client credentials the gateway uses [`NotConfigured`], which refuses every managed-service
 //! call with a message saying what is missing.
 

@@ -222,7 +222,7 @@ impl Metrics {
             summary.submitted as u64,
             &[result.clone(), source_kv.clone()],
         );
-        // As the original: twice per payload, either count possibly zero.
+        // Twice per payload, either count possibly zero (`docs/compatibility.md` §8).
         self.processed_events.add(
             summary.succeeded.len() as u64,
             &[

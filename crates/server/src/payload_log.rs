@@ -21,7 +21,7 @@ const MAX_ID_BYTES: usize = 64;
 /// Longest error or detail text in a log field, in bytes.
 const MAX_DETAIL_BYTES: usize = 512;
 
-/// A publish slower than this is flagged in the payload's log line, as the original does.
+/// A publish slower than this is flagged in the payload's log line (`docs/compatibility.md` §2).
 const SLOW_PUBLISH: Duration = Duration::from_secs(10);
 
 /// Why a canceled payload's events failed, as its summary line says.

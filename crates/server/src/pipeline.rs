@@ -462,7 +462,7 @@ pub fn take_refusals(payload: &mut PreparedPayload, outcomes: &[PublishOutcome])
     refusals
 }
 
-/// The overall result of a payload, as the original labels it.
+/// The overall result of a payload, labelled as the original does (`docs/compatibility.md` §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchResult {
     /// No event failed.

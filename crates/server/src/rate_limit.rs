@@ -1,4 +1,5 @@
-//! Optional per-sender rate limits (SPEC §8): a token bucket of events per sender.
+//! Optional per-sender rate limits (ours: `docs/compatibility.md` §10): a token bucket of events
+//! per sender.
 //!
 //! Each sender (named by [`Source::rate_limit_key`](crate::Source::rate_limit_key)) has a
 //! bucket that holds up to `burst` tokens and refills at `events_per_second`. A payload of `n`

@@ -175,7 +175,7 @@ async fn expired_licenses_are_accepted_unless_refusal_is_enabled() {
     assert_eq!(
         send_with_key(&lenient, &key)
             .await
-            .expect("accepted, as the original")
+            .expect("accepted: expiry is not judged by default (docs/compatibility.md §5)")
             .len(),
         2
     );

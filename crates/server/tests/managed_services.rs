@@ -1,5 +1,5 @@
-//! Managed services authenticated by SAMS (SPEC §3 and §5, `reference/behaviour.md` §2.6 and
-//! §8.6), over a real socket with a tonic client, against a fake SAMS over real HTTP.
+//! Managed services authenticated by SAMS (`docs/compatibility.md` §3 and §5, and the original's
+//! test table of §9), over a real socket with a tonic client, against a fake SAMS over real HTTP.
 
 mod support;
 
@@ -25,8 +25,8 @@ const VALID: &str = "sams_at_valid";
 const INACTIVE: &str = "sams_at_inactive";
 const WRONG_SCOPE: &str = "sams_at_wrong_scope";
 
-/// A fake SAMS with the tokens of the §8.6 table, a gateway checking tokens with it, and the
-/// sink behind the gateway.
+/// A fake SAMS with the tokens of the original's table (`docs/compatibility.md` §5), a gateway
+/// checking tokens with it, and the sink behind the gateway.
 struct Managed {
     sams: FakeSams,
     sink: Arc<RecordingSink>,
@@ -118,7 +118,7 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The outcome a row of the §8.6 table expects.
+/// The outcome a row of the original's table (`docs/compatibility.md` §5) expects.
 fn expect_refusal(
     result: Result<impl std::fmt::Debug, Status>,
     code: Code,

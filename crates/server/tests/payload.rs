@@ -1,4 +1,5 @@
-//! What is published (SPEC §4): the exact payload bytes and attributes of a rich event.
+//! What is published (`docs/compatibility.md` §4): the exact payload bytes and attributes of a rich
+//! event.
 
 mod support;
 

@@ -1,11 +1,12 @@
-//! The pure pipeline, table-tested against the original's own test cases (behaviour.md §8).
+//! The pure pipeline, table-tested against the original's own test cases (`docs/compatibility.md`
+//! §9).
 
 use std::collections::BTreeMap;
 
 use prost_types::Struct;
 use telemetry_gateway_proto::v1::{Event, EventParameters};
 use telemetry_gateway_server::pipeline::{
-    BatchResult, EventPolicy, attributes, prepare_payload, summarize,
+    BatchResult, EventPolicy, Summary, attributes, prepare_payload, summarize,
 };
 use telemetry_gateway_server::{Source, SourceKind};
 use telemetry_gateway_sink::PublishOutcome;
@@ -146,6 +147,30 @@ fn summarize_with(
     summarize(prepared, &outcomes, source)
 }
 
+/// The summary as a reviewer reads it, for inline snapshots: the result and its message, then
+/// each acknowledged, failed and dropped event.
+fn digest(summary: &Summary) -> String {
+    let mut lines = vec![format!(
+        "{:?}: {} ({} submitted, {} duplicates)",
+        summary.result,
+        summary.result.message(),
+        summary.submitted,
+        summary.duplicates
+    )];
+    lines.extend(summary.succeeded.iter().map(|id| format!("ack {id}")));
+    lines.extend(summary.failed.iter().map(|failure| {
+        let kind = if failure.retryable { "retry" } else { "fail" };
+        format!("{kind} {}: {}", failure.id, failure.error)
+    }));
+    lines.extend(summary.dropped.iter().map(|dropped| {
+        format!(
+            "drop {} ({:?}): {}",
+            dropped.id, dropped.reason, dropped.detail
+        )
+    }));
+    lines.join("\n")
+}
+
 #[test]
 fn all_failed_is_a_complete_failure() {
     let summary = summarize_with(&unlicensed(), simple_events("id", 5), |_| {
@@ -169,6 +194,14 @@ fn all_failed_is_a_complete_failure() {
             .to_string()
             .contains("feature:\"cody.chat\" action:\"submitted\" id:\"id-0\"")
     );
+    insta::assert_snapshot!(digest(&summary), @r"
+        CompleteFailure: all events in batch failed to submit (5 submitted, 0 duplicates)
+        retry id-0: event publish failed
+        retry id-1: event publish failed
+        retry id-2: event publish failed
+        retry id-3: event publish failed
+        retry id-4: event publish failed
+    ");
 }
 
 #[test]
@@ -191,6 +224,11 @@ fn some_failed_is_a_partial_failure() {
     );
     assert_eq!(summary.succeeded, vec!["asdfasdf"]);
     assert_eq!(summary.failed.len(), 1);
+    insta::assert_snapshot!(digest(&summary), @r"
+        PartialFailure: some events in batch failed to submit (2 submitted, 0 duplicates)
+        ack asdfasdf
+        retry asdf: oh no
+    ");
 }
 
 #[test]
@@ -210,11 +248,24 @@ fn permanent_failures_are_acknowledged_for_instances_only() {
     assert_eq!(instance.succeeded, vec!["ok", "unretriable"]);
     assert_eq!(instance.failed.len(), 1);
     assert_eq!(instance.dropped.len(), 1);
+    insta::assert_snapshot!(digest(&instance), @r"
+        PartialFailure: some events in batch failed to submit (3 submitted, 0 duplicates)
+        ack ok
+        ack unretriable
+        retry retriable: oh no
+        drop unretriable (Rejected): unretriable error
+    ");
 
     let service = summarize_with(&managed(), events, outcome);
     assert_eq!(service.succeeded, vec!["ok"]);
     assert_eq!(service.failed.len(), 2);
     assert!(!service.failed[1].retryable);
+    insta::assert_snapshot!(digest(&service), @r"
+        PartialFailure: some events in batch failed to submit (3 submitted, 0 duplicates)
+        ack ok
+        retry retriable: oh no
+        fail unretriable: unretriable error
+    ");
 }
 
 #[test]
@@ -224,6 +275,15 @@ fn a_batch_of_only_permanent_failures_from_an_instance_is_a_success() {
     });
     assert_eq!(summary.result, BatchResult::Success);
     assert_eq!(summary.succeeded.len(), 3);
+    insta::assert_snapshot!(digest(&summary), @r"
+        Success: all events in batch submitted successfully (3 submitted, 0 duplicates)
+        ack p-0
+        ack p-1
+        ack p-2
+        drop p-0 (Rejected): bad
+        drop p-1 (Rejected): bad
+        drop p-2 (Rejected): bad
+    ");
 }
 
 #[test]
@@ -248,6 +308,7 @@ fn an_empty_payload_is_not_a_failure() {
     let summary = summarize_with(&unlicensed(), vec![], |_| PublishOutcome::Delivered);
     assert_eq!(summary.result, BatchResult::Success);
     assert_eq!(summary.submitted, 0);
+    insta::assert_snapshot!(digest(&summary), @"Success: all events in batch submitted successfully (0 submitted, 0 duplicates)");
 }
 
 #[test]
@@ -258,6 +319,11 @@ fn a_missing_outcome_is_retryable_never_acknowledged() {
     assert_eq!(summary.succeeded, vec!["m-0"]);
     assert_eq!(summary.failed.len(), 1);
     assert!(summary.failed[0].retryable);
+    insta::assert_snapshot!(digest(&summary), @r"
+        PartialFailure: some events in batch failed to submit (2 submitted, 0 duplicates)
+        ack m-0
+        retry m-1: no outcome reported by the sink
+    ");
 }
 
 /// An event that fails validation (no timestamp), with the given ID.

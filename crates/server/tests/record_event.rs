@@ -1,4 +1,4 @@
-//! The unary RecordEvent (SPEC §3), over a real socket.
+//! The unary RecordEvent (`docs/compatibility.md` §3), over a real socket.
 
 mod support;
 

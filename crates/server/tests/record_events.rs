@@ -1,4 +1,5 @@
-//! Every rule of the RecordEvents stream (SPEC §2), over a real socket with a tonic client.
+//! Every rule of the RecordEvents stream (`docs/compatibility.md` §2), over a real socket with a
+//! tonic client.
 
 mod support;
 

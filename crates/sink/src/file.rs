@@ -37,6 +37,9 @@ use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
 const NAME: &str = "file";
 const MIB: u64 = 1024 * 1024;
 
+/// The default directory of the event files.
+pub const DEFAULT_DIR: &str = "./data/events";
+
 /// The default size at which the file sink starts a new file: 128 MiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 128 * MIB;
 
@@ -62,7 +65,7 @@ pub struct FileSinkConfig {
 impl Default for FileSinkConfig {
     fn default() -> Self {
         FileSinkConfig {
-            dir: PathBuf::from("./data/events"),
+            dir: PathBuf::from(DEFAULT_DIR),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }

@@ -14,7 +14,9 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[cfg(feature = "bigquery")]
 pub mod bigquery;
+mod builder;
 pub mod discard;
 pub mod fanout;
 pub mod file;
@@ -22,7 +24,9 @@ pub mod log;
 pub mod measured;
 pub mod pubsub;
 
+#[cfg(feature = "bigquery")]
 pub use bigquery::{BigQuerySink, BigQuerySinkConfig};
+pub use builder::PreparedEventBuilder;
 pub use discard::DiscardSink;
 pub use fanout::FanoutSink;
 pub use file::{FileSink, FileSinkConfig};
@@ -147,5 +151,29 @@ pub trait EventSink: Send + Sync + 'static {
     /// Flushes anything buffered and releases resources; called once at shutdown.
     async fn shutdown(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// A shared sink is a sink (so [`Measured`] can wrap a sink chosen at run time).
+#[async_trait]
+impl<S: EventSink + ?Sized> EventSink for std::sync::Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        (**self).publish(events).await
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    async fn health(&self) -> Result<(), SinkError> {
+        (**self).health().await
+    }
+
+    async fn shutdown(&self) -> Result<(), SinkError> {
+        (**self).shutdown().await
     }
 }

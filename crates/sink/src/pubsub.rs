@@ -1,4 +1,5 @@
-//! The Pub/Sub sink: one message per event, as the original gateway publishes them.
+//! The Pub/Sub sink: one message per event, as the original gateway publishes them
+//! (`docs/compatibility.md` §4 and §6).
 //!
 //! Each event becomes one message whose data is the payload bytes and whose attributes are the
 //! event's attributes, both unchanged. The official client (`google-cloud-pubsub`) groups the
@@ -17,15 +18,13 @@
 //! published; the sender retries it, and downstream de-duplicates by event ID (at least once).
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
-use google_cloud_gax::retry_policy::RetryPolicyExt;
-use google_cloud_pubsub::client::{BasePublisher, Publisher, TopicAdmin};
-use google_cloud_pubsub::model::Message;
-use google_cloud_pubsub::retry_policy::RetryableErrors;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use tokio::time::Instant;
@@ -33,11 +32,16 @@ use tokio::time::Instant;
 use crate::{Attributes, EventSink, PreparedEvent, PublishOutcome, SinkError};
 
 pub mod attributes;
+#[cfg(feature = "pubsub")]
+mod google;
+pub mod mock;
 
 pub use attributes::{
     AttributeFit, MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, MAX_ATTRIBUTES,
     attributes_fit, fit_attributes,
 };
+#[cfg(feature = "pubsub")]
+pub use google::GooglePublisher;
 
 const NAME: &str = "pubsub";
 
@@ -55,6 +59,7 @@ pub const MAX_MESSAGES_PER_REQUEST: u32 = 1_000;
 pub const MAX_BYTES_PER_REQUEST: u32 = 10_000_000;
 
 /// How long the client waits for more messages before sending a request that is not full.
+#[cfg(feature = "pubsub")]
 const BATCH_DELAY: Duration = Duration::from_millis(10);
 
 /// Where and how the Pub/Sub sink publishes.
@@ -93,6 +98,7 @@ impl PubSubSinkConfig {
     }
 
     /// The endpoint of the emulator, if one is configured (`http://` unless a scheme is given).
+    #[cfg(feature = "pubsub")]
     fn emulator_endpoint(&self) -> Option<String> {
         let host = self.emulator_host.as_deref()?.trim();
         if host.is_empty() {
@@ -115,94 +121,63 @@ pub fn publish_concurrency(setting: i64) -> usize {
     }
 }
 
+/// What the sink needs of a Pub/Sub client: publish one message and learn whether the server
+/// acknowledged it, flush at shutdown, check the topic. [`GooglePublisher`] is the real one
+/// (feature `pubsub`); [`mock::MockPublisher`] a double for tests of timeouts, partial
+/// acknowledgements and shutdown.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message (batching it with others as the client likes); resolves once the
+    /// server acknowledged it, or with why not. Nothing is sent before the future is polled.
+    fn publish(
+        &self,
+        data: Bytes,
+        attributes: &Attributes,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Sends whatever the client still holds.
+    fn flush(&self) -> impl Future<Output = ()> + Send;
+
+    /// Whether the topic exists and can be used.
+    fn check_topic(&self) -> impl Future<Output = Result<(), TopicProblem>> + Send;
+}
+
+/// Why the topic cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicProblem {
+    /// Pub/Sub says it does not exist.
+    Missing,
+    /// The check failed (credentials, network, ...).
+    Failed(String),
+}
+
 /// Publishes each event as one Pub/Sub message and reports it delivered once acknowledged.
 #[derive(Debug)]
-pub struct PubSubSink {
+pub struct PubSubSink<P = DefaultPublisher> {
     config: PubSubSinkConfig,
     topic: String,
-    publisher: Publisher,
-    admin: TopicAdmin,
+    publisher: P,
     shut_down: AtomicBool,
     /// `telemetry-gateway.pubsub.attributes_adjusted`, by `change` (`dropped`, `trimmed`).
     adjusted: Counter<u64>,
 }
 
-impl PubSubSink {
-    /// Creates the clients without waiting for Pub/Sub: the topic is checked in the background
-    /// (a warning when it cannot be used) and by [`EventSink::health`].
-    ///
-    /// Must run inside a Tokio runtime, which carries the client's batching task.
-    pub async fn connect(config: PubSubSinkConfig) -> Result<PubSubSink, SinkError> {
-        if config.project_id.is_empty() || config.topic_id.is_empty() {
-            return Err(SinkError::config(
-                NAME,
-                "both a project ID and a topic ID are required",
-            ));
-        }
-        let topic = config.topic_name();
-        let endpoint = config.emulator_endpoint();
-        // The client retries transient errors on its own, but never past our deadline.
-        let retry = || RetryableErrors.with_time_limit(config.publish_timeout);
+/// The publisher of [`PubSubSink`] by default: Google's client with the `pubsub` feature.
+#[cfg(feature = "pubsub")]
+pub type DefaultPublisher = GooglePublisher;
+/// The publisher of [`PubSubSink`] by default: Google's client with the `pubsub` feature.
+#[cfg(not(feature = "pubsub"))]
+pub type DefaultPublisher = mock::MockPublisher;
 
-        let mut publisher = BasePublisher::builder().with_retry_policy(retry());
-        let mut admin = TopicAdmin::builder().with_retry_policy(retry());
-        if let Some(endpoint) = &endpoint {
-            tracing::info!(%endpoint, "PUBSUB_EMULATOR_HOST is set: publishing to the emulator without credentials");
-            let anonymous = google_cloud_auth::credentials::anonymous::Builder::new().build();
-            publisher = publisher
-                .with_endpoint(endpoint.clone())
-                .with_credentials(anonymous.clone());
-            admin = admin
-                .with_endpoint(endpoint.clone())
-                .with_credentials(anonymous);
-        }
-        let credentials_hint = if endpoint.is_some() {
-            String::new()
-        } else {
-            " (application default credentials)".to_string()
-        };
-        let publisher = publisher
-            .build()
-            .await
-            .map_err(|err| {
-                SinkError::config(
-                    NAME,
-                    format!("cannot create the publisher{credentials_hint}: {err}"),
-                )
-            })?
-            .publisher(topic.clone())
-            .set_message_count_threshold(MAX_MESSAGES_PER_REQUEST)
-            .set_byte_threshold(MAX_BYTES_PER_REQUEST)
-            .set_delay_threshold(BATCH_DELAY)
-            .build();
-        let admin = admin.build().await.map_err(|err| {
-            SinkError::config(
-                NAME,
-                format!("cannot create the topic admin client{credentials_hint}: {err}"),
-            )
-        })?;
-        // Start-up is not held up by Pub/Sub (it may be briefly unreachable), but a missing topic
-        // or missing credentials are worth a warning before the first event fails.
-        let (check_admin, check_topic_name) = (admin.clone(), topic.clone());
-        let timeout = config.publish_timeout;
-        tokio::spawn(async move {
-            match check_topic(&check_admin, &check_topic_name, timeout).await {
-                Ok(()) => tracing::info!(topic = %check_topic_name, "the Pub/Sub topic exists"),
-                Err(err) => tracing::warn!(
-                    topic = %check_topic_name,
-                    error = %err,
-                    "the Pub/Sub topic cannot be used yet: nothing published to it is acknowledged until it can"
-                ),
-            }
-        });
-        Ok(PubSubSink {
+impl<P: Publisher> PubSubSink<P> {
+    /// A sink publishing through `publisher` to the topic of `config`.
+    pub fn with_publisher(config: PubSubSinkConfig, publisher: P) -> PubSubSink<P> {
+        PubSubSink {
+            topic: config.topic_name(),
             config: PubSubSinkConfig {
                 publish_concurrency: config.publish_concurrency.max(1),
                 ..config
             },
-            topic,
             publisher,
-            admin,
             shut_down: AtomicBool::new(false),
             adjusted: opentelemetry::global::meter(crate::measured::METER_NAME)
                 .u64_counter("telemetry-gateway.pubsub.attributes_adjusted")
@@ -210,12 +185,17 @@ impl PubSubSink {
                     "Message attributes dropped or trimmed to fit Pub/Sub's limits, by change",
                 )
                 .build(),
-        })
+        }
     }
 
     /// The settings this sink runs with.
     pub fn config(&self) -> &PubSubSinkConfig {
         &self.config
+    }
+
+    /// The client this sink publishes with.
+    pub fn publisher(&self) -> &P {
+        &self.publisher
     }
 
     /// The event's attributes within Pub/Sub's limits, counting and logging what had to change.
@@ -242,11 +222,10 @@ impl PubSubSink {
 
     /// Publishes one event and waits for its acknowledgement until `deadline`.
     async fn publish_one(&self, event: &PreparedEvent, deadline: Instant) -> PublishOutcome {
-        let message = Message::new()
-            .set_data(event.payload.clone())
-            .set_attributes(self.fitted_attributes(event).iter());
-        match tokio::time::timeout_at(deadline, self.publisher.publish(message)).await {
-            Ok(Ok(_message_id)) => PublishOutcome::Delivered,
+        let attributes = self.fitted_attributes(event);
+        let publish = self.publisher.publish(event.payload.clone(), &attributes);
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(())) => PublishOutcome::Delivered,
             Ok(Err(err)) => PublishOutcome::Retryable(format!("publishing event: {err}")),
             Err(_elapsed) => PublishOutcome::Retryable(format!(
                 "publishing event: no acknowledgement from Pub/Sub within {:?}",
@@ -257,7 +236,7 @@ impl PubSubSink {
 }
 
 #[async_trait]
-impl EventSink for PubSubSink {
+impl<P: Publisher> EventSink for PubSubSink<P> {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -285,7 +264,7 @@ impl EventSink for PubSubSink {
     }
 
     async fn health(&self) -> Result<(), SinkError> {
-        check_topic(&self.admin, &self.topic, self.config.publish_timeout).await
+        check_topic(self.publisher.check_topic(), self.config.publish_timeout).await
     }
 
     async fn shutdown(&self) -> Result<(), SinkError> {
@@ -309,14 +288,14 @@ impl EventSink for PubSubSink {
 }
 
 /// Whether the topic exists (the original's health check), within `timeout`.
-async fn check_topic(admin: &TopicAdmin, topic: &str, timeout: Duration) -> Result<(), SinkError> {
-    let request = admin.get_topic().set_topic(topic).send();
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(_topic)) => Ok(()),
-        Ok(Err(err)) if is_not_found(&err) => {
-            Err(SinkError::unhealthy(NAME, "topic does not exist"))
-        }
-        Ok(Err(err)) => Err(SinkError::unhealthy(
+async fn check_topic(
+    check: impl Future<Output = Result<(), TopicProblem>>,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(TopicProblem::Missing)) => Err(SinkError::unhealthy(NAME, "topic does not exist")),
+        Ok(Err(TopicProblem::Failed(err))) => Err(SinkError::unhealthy(
             NAME,
             format!("checking the topic: {err}"),
         )),
@@ -325,13 +304,6 @@ async fn check_topic(admin: &TopicAdmin, topic: &str, timeout: Duration) -> Resu
             format!("checking the topic: no answer from Pub/Sub within {timeout:?}"),
         )),
     }
-}
-
-fn is_not_found(err: &google_cloud_pubsub::Error) -> bool {
-    use google_cloud_gax::error::rpc::Code;
-    err.status()
-        .is_some_and(|status| status.code == Code::NotFound)
-        || err.http_status_code() == Some(404)
 }
 
 #[cfg(test)]
@@ -346,6 +318,7 @@ mod tests {
         assert_eq!(publish_concurrency(1_000), 1_000);
     }
 
+    #[cfg(feature = "pubsub")]
     #[test]
     fn the_emulator_host_becomes_a_plaintext_endpoint() {
         let mut config = PubSubSinkConfig::new("p", "t");
@@ -364,6 +337,7 @@ mod tests {
         assert_eq!(config.emulator_endpoint(), None);
     }
 
+    #[cfg(feature = "pubsub")]
     #[tokio::test]
     async fn it_describes_its_topic() {
         let mut config = PubSubSinkConfig::new("my-project", "events");
@@ -376,11 +350,156 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "pubsub")]
     #[tokio::test]
     async fn a_project_and_a_topic_are_required() {
         let err = PubSubSink::connect(PubSubSinkConfig::new("", "t"))
             .await
             .expect_err("refused");
         assert!(err.to_string().contains("project ID"), "{err}");
+    }
+
+    /// A sink over the double, with `timeout` and a concurrency of `concurrency`.
+    fn sink_over_double(timeout: Duration, concurrency: usize) -> PubSubSink<mock::MockPublisher> {
+        let mut config = PubSubSinkConfig::new("project", "events");
+        config.publish_timeout = timeout;
+        config.publish_concurrency = concurrency;
+        PubSubSink::with_publisher(config, mock::MockPublisher::new())
+    }
+
+    fn events(ids: &[&str]) -> Vec<PreparedEvent> {
+        ids.iter()
+            .map(|id| {
+                PreparedEvent::builder(*id)
+                    .payload(id.to_string())
+                    .attribute("publisher.source", "test")
+                    .build()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_event_is_one_message_with_its_payload_and_attributes() {
+        let sink = sink_over_double(Duration::from_secs(5), 250);
+        let outcomes = sink.publish(&events(&["a", "b"])).await;
+        assert_eq!(
+            outcomes,
+            [PublishOutcome::Delivered, PublishOutcome::Delivered]
+        );
+        let published = sink.publisher().published();
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[0].0, Bytes::from("a"));
+        assert_eq!(published[1].1["publisher.source"], "test");
+        assert_eq!(
+            sink.describe(),
+            "Pub/Sub topic projects/project/topics/events"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_acknowledgement_fails_only_the_unacknowledged_events() {
+        let sink = sink_over_double(Duration::from_secs(5), 250);
+        sink.publisher()
+            .answer("b", mock::Answer::Fail("quota exceeded".into()));
+        let outcomes = sink.publish(&events(&["a", "b", "c"])).await;
+        assert_eq!(
+            outcomes,
+            [
+                PublishOutcome::Delivered,
+                PublishOutcome::Retryable("publishing event: quota exceeded".into()),
+                PublishOutcome::Delivered,
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_unacknowledged_at_the_deadline_are_retryable_and_the_rest_delivered() {
+        let sink = sink_over_double(Duration::from_secs(30), 250);
+        sink.publisher().answer("slow", mock::Answer::Hang);
+        let started = Instant::now();
+        let outcomes = sink.publish(&events(&["fast", "slow", "also-fast"])).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(30),
+            "answered at the deadline"
+        );
+        assert_eq!(
+            outcomes,
+            [
+                PublishOutcome::Delivered,
+                PublishOutcome::Retryable(
+                    "publishing event: no acknowledgement from Pub/Sub within 30s".into()
+                ),
+                PublishOutcome::Delivered,
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_covers_a_batch_queued_behind_the_concurrency_limit() {
+        let sink = sink_over_double(Duration::from_secs(10), 1);
+        sink.publisher().answer("stuck", mock::Answer::Hang);
+        let started = Instant::now();
+        let outcomes = sink
+            .publish(&events(&["stuck", "queued-1", "queued-2"]))
+            .await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "not 10 s per event"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, PublishOutcome::Retryable(_))),
+            "{outcomes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_the_configured_number_of_publishes_await_an_answer_at_once() {
+        let sink = sink_over_double(Duration::from_secs(5), 3);
+        let ids: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let outcomes = sink.publish(&events(&ids)).await;
+        assert!(outcomes.iter().all(PublishOutcome::is_delivered));
+        assert_eq!(sink.publisher().most_in_flight(), 3);
+    }
+
+    #[tokio::test]
+    async fn after_shutdown_nothing_is_published_and_the_client_was_flushed() {
+        let sink = sink_over_double(Duration::from_secs(5), 250);
+        sink.shutdown().await.expect("flushed");
+        assert_eq!(sink.publisher().flushes(), 1);
+        let outcomes = sink.publish(&events(&["late"])).await;
+        assert_eq!(
+            outcomes,
+            [PublishOutcome::Retryable("pubsub sink is shut down".into())]
+        );
+        assert!(sink.publisher().published().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_reports_a_missing_topic_a_failed_check_and_no_answer() {
+        let sink = sink_over_double(Duration::from_secs(2), 250);
+        sink.health().await.expect("the topic exists");
+        sink.publisher()
+            .set_topic_problem(Some(TopicProblem::Missing));
+        let err = sink.health().await.expect_err("missing");
+        assert_eq!(err.to_string(), "pubsub: topic does not exist");
+        sink.publisher()
+            .set_topic_problem(Some(TopicProblem::Failed("permission denied".into())));
+        let err = sink.health().await.expect_err("failed");
+        assert_eq!(
+            err.to_string(),
+            "pubsub: checking the topic: permission denied"
+        );
+        let err = check_topic(std::future::pending(), Duration::from_secs(2))
+            .await
+            .expect_err("no answer");
+        assert_eq!(
+            err.to_string(),
+            "pubsub: checking the topic: no answer from Pub/Sub within 2s"
+        );
     }
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use telemetry_gateway_sink::pubsub::{PubSubSink, PubSubSinkConfig};
 use telemetry_gateway_sink::{EventSink, PreparedEvent, PublishOutcome};
 use telemetry_gateway_testkit::pubsub_emulator::{PROJECT, PubSubEmulator, TestTopic};
@@ -17,27 +16,18 @@ fn config(emulator: &PubSubEmulator, topic: &TestTopic) -> PubSubSinkConfig {
 }
 
 fn event(id: String, payload: Vec<u8>) -> PreparedEvent {
-    let attributes: BTreeMap<String, String> = [
-        ("publisher.source", "unlicensed_instance"),
-        ("event.feature", "test.feature"),
-        ("event.action", "tested"),
-        ("event.hasPrivateMetadata", "false"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .chain([("event.id".to_string(), id.clone())])
-    .collect();
-    PreparedEvent {
-        id,
-        feature: "test.feature".into(),
-        action: "tested".into(),
-        timestamp: prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        },
-        payload: Bytes::from(payload),
-        attributes,
-    }
+    PreparedEvent::builder(id.clone())
+        .feature("test.feature")
+        .action("tested")
+        .payload(payload)
+        .attributes([
+            ("publisher.source", "unlicensed_instance"),
+            ("event.feature", "test.feature"),
+            ("event.action", "tested"),
+            ("event.hasPrivateMetadata", "false"),
+        ])
+        .attribute("event.id", id)
+        .build()
 }
 
 fn events(prefix: &str, n: usize) -> Vec<PreparedEvent> {

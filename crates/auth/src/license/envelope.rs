@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 use super::LicenseError;
 use super::go_json::{self, field};
 
-/// The envelope as the original writes it (`{"sig": ..., "info": ...}`), before any checks.
+/// The envelope in the original's format (`{"sig": ..., "info": ...}`, `docs/compatibility.md`
+/// §5), before any checks.
 #[derive(Debug)]
 pub(crate) struct SignedEnvelope {
     /// The signature over `info`.

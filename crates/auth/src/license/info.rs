@@ -87,7 +87,7 @@ impl LicenseInfo {
     }
 
     /// Whether the license carries `tag`; stored tags are compared with surrounding whitespace
-    /// trimmed, as the original's `HasTag` does.
+    /// trimmed (`docs/compatibility.md` §5).
     pub fn has_tag(&self, tag: &str) -> bool {
         self.tags.iter().any(|stored| stored.trim() == tag)
     }

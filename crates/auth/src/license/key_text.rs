@@ -19,7 +19,7 @@ const GO_RAW_URL: GeneralPurpose = GeneralPurpose::new(
 /// Removes all Unicode whitespace, so keys wrapped in e-mails or config files still parse.
 ///
 /// Rust's `char::is_whitespace` and Go's `unicode.IsSpace` both follow the Unicode `White_Space`
-/// property, so the same characters are dropped as in the original.
+/// property, so the same characters are dropped as by the original (`docs/compatibility.md` §5).
 pub(crate) fn strip_whitespace(key: &str) -> String {
     key.chars().filter(|c| !c.is_whitespace()).collect()
 }

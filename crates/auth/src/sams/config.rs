@@ -29,6 +29,9 @@ pub struct SamsClientConfig {
     pub max_concurrent_introspections: usize,
 }
 
+/// SAMS (Sourcegraph Accounts) in production, the original's default `SAMS_URL`.
+pub const DEFAULT_SAMS_URL: &str = "https://accounts.sourcegraph.com";
+
 /// The default bound on introspection calls in progress at once.
 pub const DEFAULT_MAX_CONCURRENT_INTROSPECTIONS: usize = 16;
 

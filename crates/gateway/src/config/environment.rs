@@ -231,7 +231,7 @@ mod tests {
         let config = parsed.cli.config;
         assert_eq!(config.server.port, 10085);
         assert_eq!(config.server.diagnostics_secret, None);
-        assert_eq!(config.events.pubsub_project_id, None);
+        assert_eq!(config.events.settings.pubsub.pubsub_project_id, None);
         assert!(!config.server.msp);
         assert_eq!(
             config.server.shutdown_timeout,

@@ -118,7 +118,7 @@ impl ExporterBuilder {
     }
 
     /// HTTP/2 keepalive: ping every `interval`, drop the connection after `timeout` without an
-    /// answer (default 20 s and 10 s, as the original).
+    /// answer (default 20 s and 10 s, the original client's: `docs/client.md`).
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> ExporterBuilder {
         self.keepalive_interval = interval;
         self.keepalive_timeout = timeout;

@@ -1,6 +1,6 @@
 //! The standard gRPC server metrics under go-grpc-prometheus's names (the original registered
-//! them): calls started, handled by status code, handling time, messages received and sent, per
-//! method. docs/metrics.md lists them.
+//! them: `docs/compatibility.md` §8): calls started, handled by status code, handling time,
+//! messages received and sent, per method. docs/metrics.md lists them.
 
 use std::time::Duration;
 

@@ -47,7 +47,7 @@ impl EventGateway {
                         return Err(ServerError::MetadataTwice.into());
                     }
                     // A SAMS check may take a while; a caller that leaves meanwhile is
-                    // reported as canceled, as the original does.
+                    // reported as canceled (docs/compatibility.md §2).
                     let source = tokio::select! {
                         identified = self.identify(&metadata, headers) => identified?,
                         () = responses.closed() => return Err(ServerError::Canceled.into()),

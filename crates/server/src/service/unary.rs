@@ -79,7 +79,7 @@ impl EventGateway {
                 let refused = RefusalReason::of_single(&reason);
                 dead_letter(refused, reason.clone(), RefusedEvent::Decoded(event));
             }
-            // Past identification, as the original counts: an invalid event is a failed call.
+            // Past identification an invalid event is a failed call (docs/compatibility.md §3).
             self.metrics
                 .record_event_processed(true, source.publisher_source());
             ServerError::InvalidEvent(reason)
@@ -95,7 +95,7 @@ impl EventGateway {
                         RefusedEvent::Decoded(event),
                     );
                 }
-                // Deliberately dropped: reported as success, as the original does.
+                // Deliberately dropped: reported as success (docs/compatibility.md §3).
                 log_oversized(&oversized, 1, source.publisher_source());
                 self.metrics
                     .event_dropped(DropReason::Oversized, source.publisher_source());

@@ -127,27 +127,23 @@ pub(crate) fn plan(
     plan
 }
 
+/// The event both row encodings are tested with: a licensed instance's, with nanoseconds.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, payload: &str) -> PreparedEvent {
+    PreparedEvent::builder(id)
+        .feature("cody.completion")
+        .action("accepted")
+        .timestamp(1_700_000_000, 123_456_789)
+        .payload(payload.to_string())
+        .attribute(SOURCE_ATTRIBUTE, "licensed_instance")
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Attributes;
-    use bytes::Bytes;
 
-    fn event(id: &str, payload: &str) -> PreparedEvent {
-        let mut attributes = Attributes::new();
-        attributes.insert(SOURCE_ATTRIBUTE.into(), "licensed_instance".into());
-        PreparedEvent {
-            id: id.into(),
-            feature: "cody.completion".into(),
-            action: "accepted".into(),
-            timestamp: prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_789,
-            },
-            payload: Bytes::from(payload.to_string()),
-            attributes,
-        }
-    }
+    use super::test_event as event;
 
     fn ingested_at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid")

@@ -203,7 +203,6 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Attributes;
     use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_request::{
         ProtoData, Rows,
     };
@@ -211,21 +210,7 @@ mod tests {
     use prost_reflect::{DescriptorPool, DynamicMessage, Value};
     use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
-    fn event(id: &str, payload: &str) -> PreparedEvent {
-        let mut attributes = Attributes::new();
-        attributes.insert(SOURCE_ATTRIBUTE.into(), "licensed_instance".into());
-        PreparedEvent {
-            id: id.into(),
-            feature: "cody.completion".into(),
-            action: "accepted".into(),
-            timestamp: prost_types::Timestamp {
-                seconds: 1_700_000_000,
-                nanos: 123_456_789,
-            },
-            payload: Bytes::from(payload.to_string()),
-            attributes,
-        }
-    }
+    use crate::bigquery::rows::test_event as event;
 
     fn ingested_at() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid")

@@ -5,8 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use telemetry_gateway_sink::{Attributes, PreparedEvent};
+use telemetry_gateway_sink::PreparedEvent;
 
 /// An event whose payload is compact single-line JSON naming `id`.
 pub fn event(id: &str) -> PreparedEvent {
@@ -16,20 +15,13 @@ pub fn event(id: &str) -> PreparedEvent {
 
 /// An event carrying exactly `payload`.
 pub fn event_with_payload(id: &str, payload: Vec<u8>) -> PreparedEvent {
-    let mut attributes = Attributes::new();
-    attributes.insert("event.feature".to_string(), "cody".to_string());
-    attributes.insert("publisher.source".to_string(), "test".to_string());
-    PreparedEvent {
-        id: id.to_string(),
-        feature: "cody".to_string(),
-        action: "submit".to_string(),
-        timestamp: prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 0,
-        },
-        payload: Bytes::from(payload),
-        attributes,
-    }
+    PreparedEvent::builder(id)
+        .feature("cody")
+        .action("submit")
+        .payload(payload)
+        .attribute("event.feature", "cody")
+        .attribute("publisher.source", "test")
+        .build()
 }
 
 /// `count` events with IDs `<prefix>-0`, `<prefix>-1`, ...
