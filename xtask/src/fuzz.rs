@@ -57,20 +57,23 @@ pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
         let status = Command::new(&cargo)
             .current_dir(root)
             .args(["run", "--quiet", "--package", "telemetry-gateway-fuzz"])
-            .args(["--bin", "fuzz-seeds", "--", target])
+            .args(["--example", "fuzz-seeds", "--", target])
             .arg(&corpus)
             .status()
             .context("writing the seed corpus")?;
         if !status.success() {
             bail!("writing the seeds of {target} failed");
         }
+        // Built first, so that the time printed below is the fuzzing time alone.
+        let status = cargo_fuzz(&cargo, root, "build", target, &args.sanitizer)
+            .status()
+            .context("running cargo fuzz build")?;
+        if !status.success() {
+            bail!("building the fuzz target {target} failed");
+        }
         println!("fuzz: {target} for {} s", args.seconds);
         let started = Instant::now();
-        let status = Command::new(&cargo)
-            .current_dir(root)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", target, "--features", "libfuzzer"])
-            .args(["--sanitizer", &args.sanitizer])
+        let status = cargo_fuzz(&cargo, root, "run", target, &args.sanitizer)
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={}", args.seconds))
@@ -92,4 +95,21 @@ pub fn fuzz(root: &Path, args: FuzzArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cargo fuzz <subcommand> <target>` with libFuzzer's nightly flags unlocked.
+fn cargo_fuzz(
+    cargo: &str,
+    root: &Path,
+    subcommand: &str,
+    target: &str,
+    sanitizer: &str,
+) -> Command {
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["fuzz", subcommand, target, "--features", "libfuzzer"])
+        .args(["--sanitizer", sanitizer]);
+    command
 }

@@ -1,5 +1,7 @@
 //! Writes a target's seed inputs and saved findings into a corpus directory:
-//! `fuzz-seeds <target> <dir>` (used by `cargo xtask fuzz`).
+//! `cargo run -p telemetry-gateway-fuzz --example fuzz-seeds -- <target> <dir>` (used by
+//! `cargo xtask fuzz`). An example rather than a `bin`: cargo-fuzz builds every binary of the
+//! crate as a fuzz target.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
