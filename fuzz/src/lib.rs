@@ -219,9 +219,10 @@ fn parse_json(bytes: &[u8], what: &str) -> Value {
 ///
 /// Property: both parse to the same JSON value (numbers compared as doubles), or both refuse.
 /// Inputs of odd length are migrated (legacy metadata into metadata) before rendering.
-/// prost-reflect is laxer than Go's protojson (and our renderer) in two cases, which count as
-/// "prost-reflect refuses" too: it writes a non-finite Struct number as JSON `null`, and it
-/// normalises a Timestamp whose nanos are outside 0..=999,999,999 (carrying into the seconds)
+/// prost-reflect is laxer than Go's protojson (and our renderer) in three cases, which count as
+/// "prost-reflect refuses" too: it writes a non-finite Struct number as JSON `null`, it renders a
+/// Struct Value with no kind set (Go: "none of the oneof fields is set"), and it normalises a
+/// Timestamp whose nanos are outside 0..=999,999,999 (carrying into the seconds)
 /// where Go refuses with "nanos out of range" (docs/fuzzing.md, found by this target).
 pub fn json_differential(data: &[u8]) {
     let Ok(mut event) = Event::decode(data) else {
@@ -264,10 +265,12 @@ fn has_invalid_timestamp(event: &Event) -> bool {
     })
 }
 
+/// A Struct value Go's protojson refuses: a non-finite number, or a Value with no kind set.
 fn has_non_finite_struct_number(event: &Event) -> bool {
     fn non_finite(value: &prost_types::Value) -> bool {
         use prost_types::value::Kind;
         match &value.kind {
+            None => true,
             Some(Kind::NumberValue(n)) => !n.is_finite(),
             Some(Kind::StructValue(s)) => s.fields.values().any(non_finite),
             Some(Kind::ListValue(l)) => l.values.iter().any(non_finite),
