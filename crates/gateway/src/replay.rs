@@ -294,7 +294,7 @@ async fn replay_file(
                         shown += 1;
                         let reason = match other {
                             Some(PublishOutcome::Retryable(e) | PublishOutcome::Permanent(e)) => {
-                                e.as_str()
+                                e.message.as_str()
                             }
                             _ => "no outcome",
                         };

@@ -17,7 +17,7 @@ use telemetry_gateway_server::{
     EventGateway, EventPolicy, ManagedAuthError, ManagedServiceAuthorizer, NotConfigured,
     ServerOptions,
 };
-use telemetry_gateway_sink::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use telemetry_gateway_sink::{EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 use telemetry_gateway_testkit::RecordingSink;
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 use tokio::net::TcpListener;
@@ -233,7 +233,7 @@ async fn events_the_sink_fails_are_reported_as_not_recorded_exactly() {
     let failing_set: std::collections::HashSet<String> = failing.iter().cloned().collect();
     let sink = Arc::new(RecordingSink::with_outcome(move |event| {
         if failing_set.contains(&event.id) {
-            PublishOutcome::Retryable("downstream unavailable".into())
+            PublishOutcome::retryable(FailureCause::Unavailable, "downstream unavailable")
         } else {
             PublishOutcome::Delivered
         }

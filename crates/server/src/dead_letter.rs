@@ -223,7 +223,7 @@ async fn write_all(
                     if first_error.is_none() {
                         first_error = Some(match other {
                             Some(PublishOutcome::Retryable(e) | PublishOutcome::Permanent(e)) => {
-                                e.clone()
+                                e.message.clone()
                             }
                             _ => "no outcome reported".to_string(),
                         });

@@ -427,7 +427,7 @@ pub fn take_refusals(payload: &mut PreparedPayload, outcomes: &[PublishOutcome])
                 {
                     refusals.push(Refusal {
                         reason: RefusalReason::Rejected,
-                        message: error.clone(),
+                        message: error.message.clone(),
                         event: RefusedEvent::Published(event.clone()),
                     });
                 }
@@ -601,10 +601,10 @@ pub fn summarize(
                     continue;
                 }
                 Some(PublishOutcome::Retryable(error)) => {
-                    (error.clone(), true, DropReason::Rejected)
+                    (error.message.clone(), true, DropReason::Rejected)
                 }
                 Some(PublishOutcome::Permanent(error)) => {
-                    (error.clone(), false, DropReason::Rejected)
+                    (error.message.clone(), false, DropReason::Rejected)
                 }
                 None => (
                     "no outcome reported by the sink".into(),

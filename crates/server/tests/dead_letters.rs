@@ -10,7 +10,7 @@ use telemetry_gateway_server::{
     DeadLetterOptions, DeadLetters, EventGateway, EventPolicy, Metrics, NotConfigured, Source,
     SourceKind,
 };
-use telemetry_gateway_sink::PublishOutcome;
+use telemetry_gateway_sink::{FailureCause, PublishOutcome};
 use telemetry_gateway_testkit::RecordingSink;
 use telemetry_gateway_testkit::events::{managed_metadata, simple_event};
 
@@ -63,7 +63,7 @@ async fn records(destination: &RecordingSink, n: usize) -> Vec<serde_json::Value
 async fn a_managed_services_refused_events_are_dead_lettered_though_not_acknowledged() {
     let sink = RecordingSink::with_outcome(|event| {
         if event.id == "refused-by-sink" {
-            PublishOutcome::Permanent("invalid row".into())
+            PublishOutcome::permanent(FailureCause::Rejected, "invalid row")
         } else {
             PublishOutcome::Delivered
         }

@@ -207,7 +207,11 @@ impl telemetry_gateway_sink::EventSink for UnreachableSink {
         &self,
         events: &[telemetry_gateway_sink::PreparedEvent],
     ) -> Vec<telemetry_gateway_sink::PublishOutcome> {
-        telemetry_gateway_sink::PublishOutcome::all_retryable(events.len(), "unreachable")
+        telemetry_gateway_sink::PublishOutcome::all_retryable(
+            events.len(),
+            telemetry_gateway_sink::FailureCause::Unavailable,
+            "unreachable",
+        )
     }
 
     async fn health(&self) -> Result<(), telemetry_gateway_sink::SinkError> {

@@ -9,7 +9,7 @@ use telemetry_gateway_server::pipeline::{
     BatchResult, EventPolicy, Summary, attributes, prepare_payload, summarize,
 };
 use telemetry_gateway_server::{Source, SourceKind};
-use telemetry_gateway_sink::PublishOutcome;
+use telemetry_gateway_sink::{FailureCause, PublishOutcome};
 use telemetry_gateway_testkit::events::{
     managed_metadata, simple_event, simple_events, unlicensed_metadata,
 };
@@ -174,7 +174,7 @@ fn digest(summary: &Summary) -> String {
 #[test]
 fn all_failed_is_a_complete_failure() {
     let summary = summarize_with(&unlicensed(), simple_events("id", 5), |_| {
-        PublishOutcome::Retryable("event publish failed".into())
+        PublishOutcome::retryable(FailureCause::Unavailable, "event publish failed")
     });
     assert_eq!(summary.result, BatchResult::CompleteFailure);
     assert_eq!(
@@ -211,7 +211,7 @@ fn some_failed_is_a_partial_failure() {
         vec![simple_event("asdf"), simple_event("asdfasdf")],
         |id| {
             if id == "asdf" {
-                PublishOutcome::Retryable("oh no".into())
+                PublishOutcome::retryable(FailureCause::Unavailable, "oh no")
             } else {
                 PublishOutcome::Delivered
             }
@@ -239,8 +239,8 @@ fn permanent_failures_are_acknowledged_for_instances_only() {
         simple_event("unretriable"),
     ];
     let outcome = |id: &str| match id {
-        "retriable" => PublishOutcome::Retryable("oh no".into()),
-        "unretriable" => PublishOutcome::Permanent("unretriable error".into()),
+        "retriable" => PublishOutcome::retryable(FailureCause::Unavailable, "oh no"),
+        "unretriable" => PublishOutcome::permanent(FailureCause::Rejected, "unretriable error"),
         _ => PublishOutcome::Delivered,
     };
     let instance = summarize_with(&unlicensed(), events.clone(), outcome);
@@ -271,7 +271,7 @@ fn permanent_failures_are_acknowledged_for_instances_only() {
 #[test]
 fn a_batch_of_only_permanent_failures_from_an_instance_is_a_success() {
     let summary = summarize_with(&unlicensed(), simple_events("p", 3), |_| {
-        PublishOutcome::Permanent("bad".into())
+        PublishOutcome::permanent(FailureCause::Rejected, "bad")
     });
     assert_eq!(summary.result, BatchResult::Success);
     assert_eq!(summary.succeeded.len(), 3);
@@ -364,7 +364,7 @@ fn an_id_whose_published_event_failed_is_not_acknowledged_through_an_invalid_twi
     let summary = summarize_with(
         &unlicensed(),
         vec![invalid_event("x"), simple_event("x")],
-        |_| PublishOutcome::Retryable("unavailable".into()),
+        |_| PublishOutcome::retryable(FailureCause::Unavailable, "unavailable"),
     );
     assert!(summary.succeeded.is_empty(), "{summary:?}");
     assert_eq!(summary.failed.len(), 1);
@@ -419,7 +419,7 @@ fn an_event_refused_by_policy_does_not_hide_a_later_allowed_event_with_its_id() 
     assert_eq!(prepared.events.len(), 1, "the cody event is published");
     let summary = summarize(
         prepared,
-        &[PublishOutcome::Retryable("down".into())],
+        &[PublishOutcome::retryable(FailureCause::Unavailable, "down")],
         &source,
     );
     assert!(

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 
 use telemetry_gateway_proto::v1::{RecordEventRequest, RecordEventsRequestMetadata};
-use telemetry_gateway_sink::PublishOutcome;
+use telemetry_gateway_sink::{FailureCause, PublishOutcome};
 use telemetry_gateway_testkit::RecordingSink;
 use telemetry_gateway_testkit::events::{managed_metadata, simple_event, unlicensed_metadata};
 use tonic::Code;
@@ -142,7 +142,7 @@ async fn an_invalid_event_is_invalid_argument_and_not_published() {
 #[tokio::test]
 async fn a_publish_failure_is_internal() {
     let sink = Arc::new(RecordingSink::with_outcome(|_| {
-        PublishOutcome::Retryable("topic unavailable".into())
+        PublishOutcome::retryable(FailureCause::Unavailable, "topic unavailable")
     }));
     let gateway = managed_gateway(sink).await;
     let status = send(

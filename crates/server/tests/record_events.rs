@@ -10,7 +10,7 @@ use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 use telemetry_gateway_proto::v1::{Identifier, RecordEventsRequest, RecordEventsRequestMetadata};
 use telemetry_gateway_server::{EventPolicy, ServerOptions};
-use telemetry_gateway_sink::PublishOutcome;
+use telemetry_gateway_sink::{FailureCause, PublishOutcome};
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{
     managed_metadata, simple_event, simple_events, unlicensed_metadata,
@@ -188,7 +188,7 @@ async fn messages_without_a_payload_are_ignored() {
 async fn a_failed_publish_leaves_ids_out_and_the_stream_goes_on() {
     let sink = Arc::new(RecordingSink::with_outcome(|event| {
         if event.id.ends_with("-1") {
-            PublishOutcome::Retryable("topic unavailable".into())
+            PublishOutcome::retryable(FailureCause::Unavailable, "topic unavailable")
         } else {
             PublishOutcome::Delivered
         }
@@ -211,7 +211,7 @@ async fn a_failed_publish_leaves_ids_out_and_the_stream_goes_on() {
 #[tokio::test]
 async fn a_sink_that_fails_everything_gets_empty_responses() {
     let sink = Arc::new(RecordingSink::with_outcome(|_| {
-        PublishOutcome::Retryable("down".into())
+        PublishOutcome::retryable(FailureCause::Unavailable, "down")
     }));
     let gateway = TestGateway::start(sink).await;
     let responses = record_events(
@@ -455,7 +455,7 @@ async fn an_empty_payload_gets_an_empty_response() {
 async fn succeeded_events_keep_the_input_order() {
     let sink = Arc::new(RecordingSink::with_outcome(|event| {
         if event.id.starts_with("fail") {
-            PublishOutcome::Retryable("no".into())
+            PublishOutcome::retryable(FailureCause::Unavailable, "no")
         } else {
             PublishOutcome::Delivered
         }

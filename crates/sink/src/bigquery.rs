@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 pub use self::rows::{MAX_REQUEST_BYTES, MAX_ROWS_PER_REQUEST};
 pub use self::storage::GOOGLE_STORAGE_ENDPOINT;
 pub use self::storage_rows::{APPEND_REQUEST_HEADROOM, MAX_APPEND_REQUEST_BYTES};
-use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 const NAME: &str = "bigquery";
 
@@ -219,7 +219,11 @@ impl InsertAll {
         let Ok(_permit) = self.requests.acquire().await else {
             return (
                 request.indices,
-                PublishOutcome::all_retryable(count, "BigQuery sink is shut down"),
+                PublishOutcome::all_retryable(
+                    count,
+                    FailureCause::ShutDown,
+                    "BigQuery sink is shut down",
+                ),
             );
         };
         let mut insert_all = TableDataInsertAllRequest::new();
@@ -229,7 +233,11 @@ impl InsertAll {
         if let Err(err) = insert_all.add_rows(request.rows) {
             return (
                 request.indices,
-                PublishOutcome::all_retryable(count, format!("building insertAll: {err}")),
+                PublishOutcome::all_retryable(
+                    count,
+                    FailureCause::Other,
+                    format!("building insertAll: {err}"),
+                ),
             );
         }
         let call = self.client.tabledata().insert_all(
@@ -247,7 +255,7 @@ impl InsertAll {
             Ok(Err(err)) => {
                 let reason = outcomes::request_error(&err);
                 tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = count, error = %reason, "insertAll failed; the rows will be retried");
-                PublishOutcome::all_retryable(count, reason)
+                PublishOutcome::all_retryable(count, FailureCause::Unavailable, reason)
             }
             Err(_) => {
                 let reason = format!(
@@ -255,7 +263,7 @@ impl InsertAll {
                     self.config.request_timeout
                 );
                 tracing::warn!(sink = NAME, table = %self.config.table_path(), rows = count, error = %reason, "insertAll failed; the rows will be retried");
-                PublishOutcome::all_retryable(count, reason)
+                PublishOutcome::all_retryable(count, FailureCause::Timeout, reason)
             }
         };
         (request.indices, outcomes)
@@ -332,7 +340,7 @@ impl InsertAll {
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; events.len()];
         for (index, reason) in plan.rejected {
             tracing::warn!(sink = NAME, event_id = %events[index].id, error = %reason, "event cannot be inserted into BigQuery");
-            outcomes[index] = Some(PublishOutcome::Permanent(reason));
+            outcomes[index] = Some(PublishOutcome::permanent(FailureCause::Invalid, reason));
         }
         let answered = join_all(plan.requests.into_iter().map(|r| self.insert(r))).await;
         for (indices, request_outcomes) in answered {
@@ -343,7 +351,9 @@ impl InsertAll {
         outcomes
             .into_iter()
             .map(|outcome| {
-                outcome.unwrap_or_else(|| PublishOutcome::Retryable("not sent to BigQuery".into()))
+                outcome.unwrap_or_else(|| {
+                    PublishOutcome::retryable(FailureCause::Other, "not sent to BigQuery")
+                })
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::join_all;
 
-use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{EventSink, FailureCause, PreparedEvent, PublishFailure, PublishOutcome, SinkError};
 
 /// Delivers each batch to all of its sinks.
 pub struct FanoutSink {
@@ -26,23 +26,31 @@ impl FanoutSink {
 
 /// Combines one event's outcomes from several sinks: any retryable failure makes the event
 /// retryable (a retry may succeed everywhere); otherwise any permanent failure is permanent.
+/// The combined cause is that of the first failure of the winning kind.
 pub fn combine_outcomes<'a>(
     outcomes: impl IntoIterator<Item = (&'a str, &'a PublishOutcome)>,
 ) -> PublishOutcome {
     let mut retryable = Vec::new();
     let mut permanent = Vec::new();
+    let (mut retryable_cause, mut permanent_cause) = (None, None);
     for (sink, outcome) in outcomes {
         match outcome {
             PublishOutcome::Delivered => {}
-            PublishOutcome::Retryable(reason) => retryable.push(format!("{sink}: {reason}")),
-            PublishOutcome::Permanent(reason) => permanent.push(format!("{sink}: {reason}")),
+            PublishOutcome::Retryable(failure) => {
+                retryable_cause.get_or_insert(failure.cause);
+                retryable.push(format!("{sink}: {failure}"));
+            }
+            PublishOutcome::Permanent(failure) => {
+                permanent_cause.get_or_insert(failure.cause);
+                permanent.push(format!("{sink}: {failure}"));
+            }
         }
     }
-    if !retryable.is_empty() {
+    if let Some(cause) = retryable_cause {
         retryable.extend(permanent);
-        PublishOutcome::Retryable(retryable.join("; "))
-    } else if !permanent.is_empty() {
-        PublishOutcome::Permanent(permanent.join("; "))
+        PublishOutcome::retryable(cause, retryable.join("; "))
+    } else if let Some(cause) = permanent_cause {
+        PublishOutcome::permanent(cause, permanent.join("; "))
     } else {
         PublishOutcome::Delivered
     }
@@ -64,7 +72,10 @@ impl EventSink for FanoutSink {
         (0..events.len())
             .map(|i| {
                 combine_outcomes(self.sinks.iter().zip(&per_sink).map(|(sink, outcomes)| {
-                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(String::new());
+                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(PublishFailure {
+                        cause: FailureCause::Other,
+                        message: String::new(),
+                    });
                     (sink.name(), outcomes.get(i).unwrap_or(MISSING))
                 }))
             })
@@ -96,23 +107,23 @@ mod tests {
     #[test]
     fn an_event_is_delivered_only_when_every_sink_delivered_it() {
         let delivered = PublishOutcome::Delivered;
-        let retry = PublishOutcome::Retryable("timeout".into());
-        let reject = PublishOutcome::Permanent("invalid row".into());
+        let retry = PublishOutcome::retryable(FailureCause::Timeout, "timeout");
+        let reject = PublishOutcome::permanent(FailureCause::Rejected, "invalid row");
         assert_eq!(
             combine_outcomes([("a", &delivered), ("b", &delivered)]),
             PublishOutcome::Delivered
         );
         assert_eq!(
             combine_outcomes([("a", &delivered), ("b", &retry)]),
-            PublishOutcome::Retryable("b: timeout".into())
+            PublishOutcome::retryable(FailureCause::Timeout, "b: timeout")
         );
         assert_eq!(
             combine_outcomes([("a", &reject), ("b", &delivered)]),
-            PublishOutcome::Permanent("a: invalid row".into())
+            PublishOutcome::permanent(FailureCause::Rejected, "a: invalid row")
         );
         assert_eq!(
             combine_outcomes([("a", &reject), ("b", &retry)]),
-            PublishOutcome::Retryable("b: timeout; a: invalid row".into())
+            PublishOutcome::retryable(FailureCause::Timeout, "b: timeout; a: invalid row")
         );
     }
 }

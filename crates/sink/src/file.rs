@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 #[doc(hidden)]
 pub use self::fault::{FaultInjection, Step};
 use self::writer::{Batch, Writer};
-use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 const NAME: &str = "file";
 const MIB: u64 = 1024 * 1024;
@@ -253,7 +253,7 @@ impl EventSink for FileSink {
             return Vec::new();
         }
         let Some(queue) = self.queue() else {
-            return PublishOutcome::all_retryable(events.len(), SHUT_DOWN);
+            return PublishOutcome::all_retryable(events.len(), FailureCause::ShutDown, SHUT_DOWN);
         };
         let verdicts: Vec<Result<(), String>> = events
             .iter()
@@ -273,9 +273,11 @@ impl EventSink for FileSink {
         verdicts
             .into_iter()
             .map(|verdict| match (verdict, &written) {
-                (Err(reason), _) => PublishOutcome::Permanent(reason),
+                (Err(reason), _) => PublishOutcome::permanent(FailureCause::Invalid, reason),
                 (Ok(()), Ok(())) => PublishOutcome::Delivered,
-                (Ok(()), Err(reason)) => PublishOutcome::Retryable(reason.clone()),
+                (Ok(()), Err(reason)) => {
+                    PublishOutcome::retryable(FailureCause::Io, reason.clone())
+                }
             })
             .collect()
     }

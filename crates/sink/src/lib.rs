@@ -60,9 +60,87 @@ pub enum PublishOutcome {
     /// Durably handed off: the event may be acknowledged.
     Delivered,
     /// Not delivered, but a later attempt may succeed (transport error, timeout, quota).
-    Retryable(String),
+    Retryable(PublishFailure),
     /// Not delivered, and retrying the same event will not help (the backend rejected it).
-    Permanent(String),
+    Permanent(PublishFailure),
+}
+
+/// Why an event was not delivered: a stable, low-cardinality cause for metrics (the `cause`
+/// label of `telemetry-gateway.sink.failures`, see docs/operations.md) and the message for
+/// people (logs, responses, dead letters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// The class of failure.
+    pub cause: FailureCause,
+    /// What went wrong, for people; it may contain backend details and is never a metric label.
+    pub message: String,
+}
+
+impl fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The class of a publish failure. The set is closed and small so that it can label metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureCause {
+    /// The backend did not answer in time.
+    Timeout,
+    /// The backend could not be reached or failed transiently (transport error, server error).
+    Unavailable,
+    /// The backend refused the event itself (BigQuery's `invalid` row errors).
+    Rejected,
+    /// The sink cannot write this event (not one NDJSON line, not encodable as a row, or a row
+    /// too large for any request); the backend never saw it.
+    Invalid,
+    /// The destination table's schema does not match the gateway's rows.
+    SchemaMismatch,
+    /// Writing or syncing a local file failed.
+    Io,
+    /// The sink is shutting down or has shut down.
+    ShutDown,
+    /// The request was canceled before the sink answered (the sender went away).
+    Canceled,
+    /// Anything else (a backend answer the gateway cannot attribute).
+    Other,
+}
+
+impl FailureCause {
+    /// Every cause, in declaration order.
+    pub const ALL: [FailureCause; 9] = [
+        FailureCause::Timeout,
+        FailureCause::Unavailable,
+        FailureCause::Rejected,
+        FailureCause::Invalid,
+        FailureCause::SchemaMismatch,
+        FailureCause::Io,
+        FailureCause::ShutDown,
+        FailureCause::Canceled,
+        FailureCause::Other,
+    ];
+
+    /// The metric label value: `timeout`, `unavailable`, `rejected`, `invalid`,
+    /// `schema_mismatch`, `io`, `shut_down`, `canceled` or `other`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Timeout => "timeout",
+            FailureCause::Unavailable => "unavailable",
+            FailureCause::Rejected => "rejected",
+            FailureCause::Invalid => "invalid",
+            FailureCause::SchemaMismatch => "schema_mismatch",
+            FailureCause::Io => "io",
+            FailureCause::ShutDown => "shut_down",
+            FailureCause::Canceled => "canceled",
+            FailureCause::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl PublishOutcome {
@@ -71,10 +149,44 @@ impl PublishOutcome {
         matches!(self, PublishOutcome::Delivered)
     }
 
+    /// A retryable failure of class `cause`.
+    pub fn retryable(cause: FailureCause, message: impl Into<String>) -> PublishOutcome {
+        PublishOutcome::Retryable(PublishFailure {
+            cause,
+            message: message.into(),
+        })
+    }
+
+    /// A permanent failure of class `cause`.
+    pub fn permanent(cause: FailureCause, message: impl Into<String>) -> PublishOutcome {
+        PublishOutcome::Permanent(PublishFailure {
+            cause,
+            message: message.into(),
+        })
+    }
+
+    /// The failure, unless the event was delivered.
+    pub fn failure(&self) -> Option<&PublishFailure> {
+        match self {
+            PublishOutcome::Delivered => None,
+            PublishOutcome::Retryable(failure) | PublishOutcome::Permanent(failure) => {
+                Some(failure)
+            }
+        }
+    }
+
+    /// The class of the failure, unless the event was delivered.
+    pub fn cause(&self) -> Option<FailureCause> {
+        self.failure().map(|failure| failure.cause)
+    }
+
     /// The same retryable failure for every event of a batch of `n`.
-    pub fn all_retryable(n: usize, reason: impl fmt::Display) -> Vec<PublishOutcome> {
-        let reason = reason.to_string();
-        vec![PublishOutcome::Retryable(reason); n]
+    pub fn all_retryable(
+        n: usize,
+        cause: FailureCause,
+        reason: impl fmt::Display,
+    ) -> Vec<PublishOutcome> {
+        vec![PublishOutcome::retryable(cause, reason.to_string()); n]
     }
 }
 
@@ -175,5 +287,35 @@ impl<S: EventSink + ?Sized> EventSink for std::sync::Arc<S> {
 
     async fn shutdown(&self) -> Result<(), SinkError> {
         (**self).shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_is_listed_in_declaration_order_with_a_distinct_label() {
+        let mut labels = std::collections::BTreeSet::new();
+        for (index, cause) in FailureCause::ALL.into_iter().enumerate() {
+            assert_eq!(
+                cause as usize, index,
+                "{cause}: ALL must follow the declaration order"
+            );
+            assert!(labels.insert(cause.as_str()), "{cause}: label used twice");
+        }
+    }
+
+    #[test]
+    fn an_outcome_carries_its_cause_and_message() {
+        let outcome = PublishOutcome::retryable(FailureCause::Timeout, "no answer within 30s");
+        assert_eq!(outcome.cause(), Some(FailureCause::Timeout));
+        let failure = outcome.failure().expect("a failure");
+        assert_eq!(failure.to_string(), "no answer within 30s");
+        assert_eq!(PublishOutcome::Delivered.cause(), None);
+        assert_eq!(
+            PublishOutcome::all_retryable(2, FailureCause::ShutDown, "stopping"),
+            vec![PublishOutcome::retryable(FailureCause::ShutDown, "stopping"); 2]
+        );
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
-use crate::{EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 /// The meter name of the sink instruments.
 pub const METER_NAME: &str = "telemetry-gateway/sink";
@@ -21,6 +21,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct SinkMetrics {
     duration: Histogram<f64>,
     events: Counter<u64>,
+    failures: Counter<u64>,
 }
 
 impl SinkMetrics {
@@ -44,12 +45,19 @@ impl SinkMetrics {
                     "Events handed to a sink, by outcome (delivered, retryable, permanent)",
                 )
                 .build(),
+            failures: meter
+                .u64_counter("telemetry-gateway.sink.failures")
+                .with_description(
+                    "Events a sink did not deliver, by outcome (retryable, permanent) and cause",
+                )
+                .build(),
         }
     }
 }
 
-/// Wraps a sink, recording `telemetry-gateway.sink.publish_duration` and
-/// `telemetry-gateway.sink.events` with the attribute `sink` = its name.
+/// Wraps a sink, recording `telemetry-gateway.sink.publish_duration`,
+/// `telemetry-gateway.sink.events` and `telemetry-gateway.sink.failures` with the attribute
+/// `sink` = its name (and `outcome`, `cause` on the counters).
 pub struct Measured<S> {
     inner: S,
     metrics: SinkMetrics,
@@ -65,6 +73,28 @@ impl<S: EventSink> Measured<S> {
             metrics,
             sink,
         }
+    }
+}
+
+/// One batch's outcomes, counted: delivered, and failures per cause (index of
+/// [`FailureCause::ALL`]), retryable (`[0]`) and permanent (`[1]`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    delivered: u64,
+    failed: [[u64; FailureCause::ALL.len()]; 2],
+}
+
+impl Tally {
+    fn of(outcomes: &[PublishOutcome]) -> Tally {
+        let mut tally = Tally::default();
+        for outcome in outcomes {
+            match outcome {
+                PublishOutcome::Delivered => tally.delivered += 1,
+                PublishOutcome::Retryable(failure) => tally.failed[0][failure.cause as usize] += 1,
+                PublishOutcome::Permanent(failure) => tally.failed[1][failure.cause as usize] += 1,
+            }
+        }
+        tally
     }
 }
 
@@ -85,24 +115,31 @@ impl<S: EventSink> EventSink for Measured<S> {
             started.elapsed().as_secs_f64(),
             std::slice::from_ref(&self.sink),
         );
-        let (mut delivered, mut retryable, mut permanent) = (0u64, 0u64, 0u64);
-        for outcome in &outcomes {
-            match outcome {
-                PublishOutcome::Delivered => delivered += 1,
-                PublishOutcome::Retryable(_) => retryable += 1,
-                PublishOutcome::Permanent(_) => permanent += 1,
-            }
-        }
+        let tally = Tally::of(&outcomes);
         for (outcome, count) in [
-            ("delivered", delivered),
-            ("retryable", retryable),
-            ("permanent", permanent),
+            ("delivered", tally.delivered),
+            ("retryable", tally.failed[0].iter().sum()),
+            ("permanent", tally.failed[1].iter().sum()),
         ] {
             if count > 0 {
                 self.metrics.events.add(
                     count,
                     &[self.sink.clone(), KeyValue::new("outcome", outcome)],
                 );
+            }
+        }
+        for (outcome, counts) in ["retryable", "permanent"].into_iter().zip(&tally.failed) {
+            for (cause, &count) in FailureCause::ALL.iter().zip(counts) {
+                if count > 0 {
+                    self.metrics.failures.add(
+                        count,
+                        &[
+                            self.sink.clone(),
+                            KeyValue::new("outcome", outcome),
+                            KeyValue::new("cause", cause.as_str()),
+                        ],
+                    );
+                }
             }
         }
         outcomes
@@ -114,5 +151,40 @@ impl<S: EventSink> EventSink for Measured<S> {
 
     async fn shutdown(&self) -> Result<(), SinkError> {
         self.inner.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_tallied_by_outcome_and_cause() {
+        let outcomes = [
+            PublishOutcome::Delivered,
+            PublishOutcome::retryable(FailureCause::Timeout, "slow"),
+            PublishOutcome::retryable(FailureCause::Timeout, "slow again"),
+            PublishOutcome::permanent(FailureCause::Rejected, "bad row"),
+            PublishOutcome::retryable(FailureCause::Other, "?"),
+            PublishOutcome::Delivered,
+        ];
+        let tally = Tally::of(&outcomes);
+        let at = |cause: FailureCause| {
+            FailureCause::ALL
+                .iter()
+                .position(|c| *c == cause)
+                .expect("every cause is in ALL")
+        };
+        let mut failed = [[0; FailureCause::ALL.len()]; 2];
+        failed[0][at(FailureCause::Timeout)] = 2;
+        failed[0][at(FailureCause::Other)] = 1;
+        failed[1][at(FailureCause::Rejected)] = 1;
+        assert_eq!(
+            tally,
+            Tally {
+                delivered: 2,
+                failed
+            }
+        );
     }
 }

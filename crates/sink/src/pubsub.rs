@@ -29,7 +29,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use tokio::time::Instant;
 
-use crate::{Attributes, EventSink, PreparedEvent, PublishOutcome, SinkError};
+use crate::{Attributes, EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 pub mod attributes;
 #[cfg(feature = "pubsub")]
@@ -226,11 +226,17 @@ impl<P: Publisher> PubSubSink<P> {
         let publish = self.publisher.publish(event.payload.clone(), &attributes);
         match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(())) => PublishOutcome::Delivered,
-            Ok(Err(err)) => PublishOutcome::Retryable(format!("publishing event: {err}")),
-            Err(_elapsed) => PublishOutcome::Retryable(format!(
-                "publishing event: no acknowledgement from Pub/Sub within {:?}",
-                self.config.publish_timeout
-            )),
+            Ok(Err(err)) => PublishOutcome::retryable(
+                FailureCause::Unavailable,
+                format!("publishing event: {err}"),
+            ),
+            Err(_elapsed) => PublishOutcome::retryable(
+                FailureCause::Timeout,
+                format!(
+                    "publishing event: no acknowledgement from Pub/Sub within {:?}",
+                    self.config.publish_timeout
+                ),
+            ),
         }
     }
 }
@@ -247,7 +253,11 @@ impl<P: Publisher> EventSink for PubSubSink<P> {
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         if self.shut_down.load(Ordering::Acquire) {
-            return PublishOutcome::all_retryable(events.len(), "pubsub sink is shut down");
+            return PublishOutcome::all_retryable(
+                events.len(),
+                FailureCause::ShutDown,
+                "pubsub sink is shut down",
+            );
         }
         // One deadline for the whole batch: however many events wait their turn behind the
         // concurrency limit, the batch is answered within the timeout.
@@ -406,7 +416,10 @@ mod tests {
             outcomes,
             [
                 PublishOutcome::Delivered,
-                PublishOutcome::Retryable("publishing event: quota exceeded".into()),
+                PublishOutcome::retryable(
+                    FailureCause::Unavailable,
+                    "publishing event: quota exceeded"
+                ),
                 PublishOutcome::Delivered,
             ]
         );
@@ -427,8 +440,9 @@ mod tests {
             outcomes,
             [
                 PublishOutcome::Delivered,
-                PublishOutcome::Retryable(
-                    "publishing event: no acknowledgement from Pub/Sub within 30s".into()
+                PublishOutcome::retryable(
+                    FailureCause::Timeout,
+                    "publishing event: no acknowledgement from Pub/Sub within 30s"
                 ),
                 PublishOutcome::Delivered,
             ]
@@ -474,7 +488,10 @@ mod tests {
         let outcomes = sink.publish(&events(&["late"])).await;
         assert_eq!(
             outcomes,
-            [PublishOutcome::Retryable("pubsub sink is shut down".into())]
+            [PublishOutcome::retryable(
+                FailureCause::ShutDown,
+                "pubsub sink is shut down"
+            )]
         );
         assert!(sink.publisher().published().is_empty());
     }

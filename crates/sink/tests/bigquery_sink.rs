@@ -91,7 +91,7 @@ async fn rows_bigquery_rejects_as_invalid_are_permanent_and_the_others_delivered
 
     assert_eq!(outcomes[0], PublishOutcome::Delivered);
     assert!(
-        matches!(&outcomes[1], PublishOutcome::Permanent(reason) if reason.contains("invalid")),
+        matches!(&outcomes[1], PublishOutcome::Permanent(reason) if reason.message.contains("invalid")),
         "{outcomes:?}"
     );
     assert_eq!(outcomes[2], PublishOutcome::Delivered);
@@ -129,7 +129,7 @@ async fn a_server_error_makes_every_event_of_the_request_retryable() {
 
     assert!(outcomes.iter().all(is_retryable), "{outcomes:?}");
     assert!(
-        matches!(&outcomes[0], PublishOutcome::Retryable(reason) if reason.contains("500") && reason.contains("backendError")),
+        matches!(&outcomes[0], PublishOutcome::Retryable(reason) if reason.message.contains("500") && reason.message.contains("backendError")),
         "{outcomes:?}"
     );
 }
@@ -180,7 +180,7 @@ async fn a_hanging_insert_times_out_as_retryable() {
 
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        matches!(&outcomes[0], PublishOutcome::Retryable(reason) if reason.contains("timed out")),
+        matches!(&outcomes[0], PublishOutcome::Retryable(reason) if reason.message.contains("timed out")),
         "{outcomes:?}"
     );
     assert!(is_retryable(&outcomes[1]));
@@ -296,7 +296,7 @@ async fn large_payloads_are_split_by_bytes_and_an_oversized_row_is_permanent() {
 
     assert_eq!(outcomes[..3], vec![PublishOutcome::Delivered; 3]);
     assert!(
-        matches!(&outcomes[3], PublishOutcome::Permanent(reason) if reason.contains("exceeds")),
+        matches!(&outcomes[3], PublishOutcome::Permanent(reason) if reason.message.contains("exceeds")),
         "{outcomes:?}"
     );
     let inserts = fake.inserts();
@@ -376,7 +376,7 @@ async fn rows_refused_because_the_table_lacks_a_column_are_retryable_and_the_sin
 
     assert!(
         outcomes.iter().all(|outcome| matches!(outcome,
-            PublishOutcome::Retryable(reason) if reason.contains("does not match the gateway's schema"))),
+            PublishOutcome::Retryable(reason) if reason.message.contains("does not match the gateway's schema"))),
         "{outcomes:?}"
     );
     let err = sink

@@ -125,7 +125,7 @@ async fn refused_rows_are_permanent_and_the_rest_of_their_request_is_sent_again(
     let outcomes = sink.publish(&batch).await;
 
     assert!(
-        matches!(&outcomes[1], PublishOutcome::Permanent(reason) if reason.contains("FIELDS_ERROR")),
+        matches!(&outcomes[1], PublishOutcome::Permanent(reason) if reason.message.contains("FIELDS_ERROR")),
         "{outcomes:?}"
     );
     assert!(matches!(&outcomes[3], PublishOutcome::Permanent(_)));
@@ -188,7 +188,7 @@ async fn request_errors_make_every_event_of_the_request_retryable() {
         assert!(
             outcomes
                 .iter()
-                .all(|o| matches!(o, PublishOutcome::Retryable(r) if r.contains(expected))),
+                .all(|o| matches!(o, PublishOutcome::Retryable(r) if r.message.contains(expected))),
             "{outcomes:?}"
         );
     }
@@ -214,9 +214,9 @@ async fn a_connection_ending_mid_stream_makes_its_rows_retryable_and_the_next_pu
 
     let outcomes = sink.publish(&events("a", 3)).await;
     assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, PublishOutcome::Retryable(r) if r.contains("connection reset"))),
+        outcomes.iter().all(
+            |o| matches!(o, PublishOutcome::Retryable(r) if r.message.contains("connection reset"))
+        ),
         "{outcomes:?}"
     );
 
@@ -319,7 +319,7 @@ async fn a_hanging_append_times_out_as_retryable() {
     assert!(
         outcomes
             .iter()
-            .all(|o| matches!(o, PublishOutcome::Retryable(r) if r.contains("timed out"))),
+            .all(|o| matches!(o, PublishOutcome::Retryable(r) if r.message.contains("timed out"))),
         "{outcomes:?}"
     );
     // The timed-out connection is not reused: its late answer would belong to another request.
@@ -399,7 +399,7 @@ async fn large_payloads_are_split_by_bytes_and_an_oversized_row_is_permanent() {
 
     assert_eq!(outcomes[..3], vec![PublishOutcome::Delivered; 3]);
     assert!(
-        matches!(&outcomes[3], PublishOutcome::Permanent(reason) if reason.contains("exceeds")),
+        matches!(&outcomes[3], PublishOutcome::Permanent(reason) if reason.message.contains("exceeds")),
         "{outcomes:?}"
     );
     let appends = fake.appends();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_gateway_sink::file::{FaultInjection, Step};
-use telemetry_gateway_sink::{EventSink, FileSink, FileSinkConfig, PublishOutcome, SinkError};
+use telemetry_gateway_sink::{
+    EventSink, FailureCause, FileSink, FileSinkConfig, PublishOutcome, SinkError,
+};
 use tempfile::TempDir;
 
 use common::{event, event_files, event_with_payload, events, lines_of, stored_bytes};
@@ -382,7 +384,7 @@ async fn publish_after_shutdown_is_retryable() {
 
     assert_eq!(
         outcomes,
-        vec![PublishOutcome::Retryable("file sink is shut down".to_string()); 2]
+        vec![PublishOutcome::retryable(FailureCause::ShutDown, "file sink is shut down"); 2]
     );
 }
 

@@ -181,7 +181,7 @@ async fn publishing_to_a_missing_topic_is_retryable_and_a_retry_after_recovery_i
     for outcome in sink.publish(&sent).await {
         match outcome {
             PublishOutcome::Retryable(reason) => {
-                assert!(reason.starts_with("publishing event: "), "{reason}")
+                assert!(reason.message.starts_with("publishing event: "), "{reason}")
             }
             other => panic!("expected a retryable failure, got {other:?}"),
         }

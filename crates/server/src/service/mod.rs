@@ -17,7 +17,7 @@ use std::time::Instant;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_proto::v1::identifier::{Identifier, LicensedInstanceIdentifier};
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequestMetadata};
-use telemetry_gateway_sink::{EventSink, PublishOutcome};
+use telemetry_gateway_sink::{EventSink, FailureCause, PublishOutcome};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
@@ -277,7 +277,11 @@ impl EventGateway {
                     outcomes = self.sink.publish(&prepared.events) => outcomes,
                     () = canceled => {
                         was_canceled = true;
-                        PublishOutcome::all_retryable(prepared.events.len(), CANCELED)
+                        PublishOutcome::all_retryable(
+                            prepared.events.len(),
+                            FailureCause::Canceled,
+                            CANCELED,
+                        )
                     }
                 }
             };

@@ -108,7 +108,7 @@ impl EventGateway {
         if let Some(PublishOutcome::Permanent(error)) = outcome.first() {
             dead_letter(
                 RefusalReason::Rejected,
-                error.clone(),
+                error.message.clone(),
                 RefusedEvent::Published(prepared),
             );
         }
@@ -126,7 +126,7 @@ impl EventGateway {
                     error = %err,
                     "failed to publish event"
                 );
-                Err(ServerError::PublishFailed(err))
+                Err(ServerError::PublishFailed(err.message))
             }
             None => Err(ServerError::PublishFailed(
                 "unexpected publishing issue".into(),

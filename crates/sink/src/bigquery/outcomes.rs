@@ -15,7 +15,7 @@ use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::error_proto::ErrorProto;
 use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertAllResponse;
 
-use crate::PublishOutcome;
+use crate::{FailureCause, PublishOutcome};
 
 /// The reason BigQuery gives for a row that does not fit the table.
 const INVALID: &str = "invalid";
@@ -110,7 +110,7 @@ pub(crate) fn from_response(rows: usize, response: &TableDataInsertAllResponse) 
                 summarize(&table_errors)
             );
             schema_mismatch.get_or_insert_with(|| reason.clone());
-            outcomes[index] = PublishOutcome::Retryable(reason);
+            outcomes[index] = PublishOutcome::retryable(FailureCause::SchemaMismatch, reason);
         } else {
             outcomes[index] = row_outcome(&errors);
         }
@@ -123,7 +123,7 @@ pub(crate) fn from_response(rows: usize, response: &TableDataInsertAllResponse) 
         );
         for outcome in &mut outcomes {
             if outcome.is_delivered() {
-                *outcome = PublishOutcome::Retryable(reason.clone());
+                *outcome = PublishOutcome::retryable(FailureCause::Other, reason.clone());
             }
         }
     }
@@ -138,9 +138,15 @@ fn row_outcome(errors: &[&ErrorProto]) -> PublishOutcome {
     let all_invalid =
         !errors.is_empty() && errors.iter().all(|e| e.reason.as_deref() == Some(INVALID));
     if all_invalid {
-        PublishOutcome::Permanent(format!("BigQuery rejected the row: {summary}"))
+        PublishOutcome::permanent(
+            FailureCause::Rejected,
+            format!("BigQuery rejected the row: {summary}"),
+        )
     } else {
-        PublishOutcome::Retryable(format!("BigQuery did not insert the row: {summary}"))
+        PublishOutcome::retryable(
+            FailureCause::Unavailable,
+            format!("BigQuery did not insert the row: {summary}"),
+        )
     }
 }
 
@@ -229,12 +235,14 @@ mod tests {
             }"#,
         );
         let outcomes = from_response(3, &recorded).outcomes;
-        assert!(matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.contains("stopped")));
+        assert!(
+            matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.message.contains("stopped"))
+        );
         assert_eq!(
             outcomes[1],
-            PublishOutcome::Permanent(
+            PublishOutcome::permanent(
+                FailureCause::Rejected,
                 "BigQuery rejected the row: invalid (payload): Invalid JSON: nesting too deep"
-                    .into()
             )
         );
         assert!(matches!(&outcomes[2], PublishOutcome::Retryable(_)));
@@ -279,7 +287,9 @@ mod tests {
             ]}"#,
         );
         let outcomes = from_response(3, &recorded).outcomes;
-        assert!(matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.contains("which row?")));
+        assert!(
+            matches!(&outcomes[0], PublishOutcome::Retryable(r) if r.message.contains("which row?"))
+        );
         assert!(matches!(&outcomes[1], PublishOutcome::Permanent(_)));
         assert!(matches!(&outcomes[2], PublishOutcome::Retryable(_)));
         let no_index = response(r#"{"insertErrors":[{"errors":[{"reason":"invalid"}]}]}"#);
@@ -344,7 +354,7 @@ mod tests {
         );
         let answer = from_response(3, &recorded);
         assert!(
-            matches!(&answer.outcomes[0], PublishOutcome::Retryable(r) if r.contains("does not match")),
+            matches!(&answer.outcomes[0], PublishOutcome::Retryable(r) if r.message.contains("does not match")),
             "{answer:?}"
         );
         assert!(matches!(&answer.outcomes[1], PublishOutcome::Retryable(_)));

@@ -33,7 +33,7 @@ use tonic::{Request, Streaming};
 use super::storage_outcomes::{self, Answer, Failure};
 use super::storage_rows::{self, APPEND_REQUEST_HEADROOM, MAX_APPEND_REQUEST_BYTES};
 use super::{BigQuerySinkConfig, NAME};
-use crate::{PreparedEvent, PublishOutcome, SinkError};
+use crate::{FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 /// Google's Storage Write API endpoint.
 pub const GOOGLE_STORAGE_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
@@ -145,7 +145,7 @@ impl StorageWriter {
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; events.len()];
         for (index, reason) in plan.rejected {
             tracing::warn!(sink = NAME, event_id = %events[index].id, error = %reason, "event cannot be written to BigQuery");
-            outcomes[index] = Some(PublishOutcome::Permanent(reason));
+            outcomes[index] = Some(PublishOutcome::permanent(FailureCause::Invalid, reason));
         }
         let written = join_all(
             plan.appends
@@ -159,7 +159,9 @@ impl StorageWriter {
         outcomes
             .into_iter()
             .map(|outcome| {
-                outcome.unwrap_or_else(|| PublishOutcome::Retryable("not sent to BigQuery".into()))
+                outcome.unwrap_or_else(|| {
+                    PublishOutcome::retryable(FailureCause::Other, "not sent to BigQuery")
+                })
             })
             .collect()
     }
@@ -182,7 +184,7 @@ impl StorageWriter {
                     break;
                 }
                 Answer::Failed(failure) => {
-                    let outcome = PublishOutcome::Retryable(failure.reason);
+                    let outcome = PublishOutcome::retryable(failure.cause, failure.reason);
                     results.extend(indices.into_iter().map(|i| (i, outcome.clone())));
                     break;
                 }
@@ -194,14 +196,21 @@ impl StorageWriter {
                     for (position, index) in indices.into_iter().enumerate() {
                         match refused.get(&position) {
                             Some(reason) => {
-                                results.push((index, PublishOutcome::Permanent(reason.clone())));
+                                results.push((
+                                    index,
+                                    PublishOutcome::permanent(
+                                        FailureCause::Rejected,
+                                        reason.clone(),
+                                    ),
+                                ));
                             }
                             None => rest.push(index),
                         }
                     }
                     if attempt == 1 || rest.is_empty() {
-                        let outcome = PublishOutcome::Retryable(
-                            "BigQuery did not commit the row: other rows of its request were rejected".into(),
+                        let outcome = PublishOutcome::retryable(
+                            FailureCause::Other,
+                            "BigQuery did not commit the row: other rows of its request were rejected",
                         );
                         results.extend(rest.into_iter().map(|i| (i, outcome.clone())));
                         break;
@@ -228,6 +237,7 @@ impl StorageWriter {
             return Answer::Failed(Failure {
                 reason: "BigQuery sink is shut down".into(),
                 schema_mismatch: false,
+                cause: FailureCause::ShutDown,
             });
         };
         let reused = self.take_idle();
@@ -252,6 +262,7 @@ impl StorageWriter {
                     self.config.request_timeout
                 ),
                 schema_mismatch: false,
+                cause: FailureCause::Timeout,
             }),
         };
         match &answer {
@@ -298,6 +309,7 @@ impl StorageWriter {
             Ok(None) => Err(Failure {
                 reason: "BigQuery closed the AppendRows connection without answering".into(),
                 schema_mismatch: false,
+                cause: FailureCause::Unavailable,
             }),
             Err(status) => Err(storage_outcomes::stream_failure(&status)),
         }
@@ -450,6 +462,7 @@ fn transport(message: &str) -> Failure {
     Failure {
         reason: format!("AppendRows failed: {message}"),
         schema_mismatch: false,
+        cause: FailureCause::Unavailable,
     }
 }
 

@@ -18,6 +18,8 @@ use gcp_bigquery_client::google::cloud::bigquery::storage::v1::{AppendRowsRespon
 use gcp_bigquery_client::google::rpc::Status;
 use prost::Message;
 
+use crate::FailureCause;
+
 /// The type URL of the `StorageError` detail BigQuery attaches to its errors.
 const STORAGE_ERROR_TYPE: &str =
     "type.googleapis.com/google.cloud.bigquery.storage.v1.StorageError";
@@ -41,6 +43,8 @@ pub(crate) struct Failure {
     pub(crate) reason: String,
     /// The table does not accept the rows the gateway writes (schema mismatch): unhealthy.
     pub(crate) schema_mismatch: bool,
+    /// The class of the failure, for metrics.
+    pub(crate) cause: FailureCause,
 }
 
 /// Classifies the answer to a request of `rows` rows.
@@ -55,6 +59,7 @@ pub(crate) fn classify(rows: usize, response: &AppendRowsResponse) -> Answer {
                         error.index, error.message
                     ),
                     schema_mismatch: false,
+                    cause: FailureCause::Other,
                 });
             };
             let code =
@@ -72,6 +77,7 @@ pub(crate) fn classify(rows: usize, response: &AppendRowsResponse) -> Answer {
         None => Answer::Failed(Failure {
             reason: "AppendRows answered with neither a result nor an error".into(),
             schema_mismatch: false,
+            cause: FailureCause::Other,
         }),
     }
 }
@@ -104,9 +110,17 @@ fn failure(code: tonic::Code, message: &str, storage_codes: &[StorageErrorCode])
     } else {
         format!("AppendRows failed: {code:?} ({storage}): {message}")
     };
+    let cause = if schema_mismatch {
+        FailureCause::SchemaMismatch
+    } else if code == tonic::Code::DeadlineExceeded {
+        FailureCause::Timeout
+    } else {
+        FailureCause::Unavailable
+    };
     Failure {
         reason,
         schema_mismatch,
+        cause,
     }
 }
 
