@@ -4,12 +4,6 @@ use telemetry_gateway::config::{self, Command, ParsedCli};
 use telemetry_gateway::telemetry::Telemetry;
 use telemetry_gateway::{config_docs, manual, run, shutdown_signal};
 
-/// mimalloc rather than glibc's malloc: every event allocates its decoded strings and maps, its
-/// rendered payload and attributes, and frees them a moment later on another thread; glibc's
-/// arenas spent about a quarter of the gateway's CPU on that (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let parsed = match ParsedCli::from_env() {
         Ok(parsed) => parsed,
