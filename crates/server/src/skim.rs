@@ -127,8 +127,8 @@ struct Frame {
 enum State {
     /// Reading a field's tag.
     Tag { value: u64, shift: u32 },
-    /// Skipping a varint value.
-    Varint,
+    /// Skipping a varint value, this many bytes of it read so far.
+    Varint(usize),
     /// Reading a length-delimited field's length.
     Length { field: u32, value: u64, shift: u32 },
     /// Skipping this many bytes.
@@ -199,10 +199,14 @@ impl Skim {
                         self.pop_finished()?;
                     }
                 }
-                State::Varint => {
+                State::Varint(read) => {
                     let byte = data[0];
                     data = &data[1..];
                     self.pos += 1;
+                    *read += 1;
+                    if byte & 0x80 != 0 && *read == MAX_VARINT_BYTES {
+                        return Err(SkimError::Malformed("varint too long"));
+                    }
                     if byte & 0x80 == 0 {
                         self.state = TAG;
                         self.pop_finished()?;
@@ -221,7 +225,7 @@ impl Skim {
                         return Err(SkimError::Malformed("field number 0"));
                     }
                     self.state = match tag & 7 {
-                        0 => State::Varint,
+                        0 => State::Varint(0),
                         1 => State::Skip(8),
                         5 => State::Skip(4),
                         2 => State::Length {
@@ -537,6 +541,22 @@ mod tests {
                 let bytewise = skim_in_chunks(&bytes, 1, 100);
                 proptest::prop_assert_eq!(whole, bytewise);
             }
+        }
+    }
+
+    #[test]
+    fn an_overlong_varint_value_is_refused_whatever_the_chunking() {
+        // Field 15, varint, then eleven bytes with the continuation bit: prost refuses it too.
+        let mut bytes = vec![0x78];
+        bytes.extend([0x80; 10]);
+        bytes.push(0x01);
+        bytes.extend([0u8; 20]);
+        for chunk in [1, 3, bytes.len()] {
+            assert_eq!(
+                skim_in_chunks(&bytes, chunk, 10),
+                Err(SkimError::Malformed("varint too long")),
+                "chunks of {chunk}"
+            );
         }
     }
 
