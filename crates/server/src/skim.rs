@@ -219,11 +219,7 @@ impl Skim {
                     let Some(tag) = varint_step(value, shift, byte)? else {
                         continue;
                     };
-                    let field = u32::try_from(tag >> 3)
-                        .map_err(|_| SkimError::Malformed("field number out of range"))?;
-                    if field == 0 {
-                        return Err(SkimError::Malformed("field number 0"));
-                    }
+                    let field = field_number(tag)?;
                     self.state = match tag & 7 {
                         0 => State::Varint(0),
                         1 => State::Skip(8),
@@ -260,11 +256,7 @@ impl Skim {
     /// the byte-by-byte states do for the same bytes.
     fn field_at<'a>(&mut self, data: &'a [u8]) -> Result<&'a [u8], SkimError> {
         let (tag, tag_bytes) = read_varint(data)?;
-        let field = u32::try_from(tag >> 3)
-            .map_err(|_| SkimError::Malformed("field number out of range"))?;
-        if field == 0 {
-            return Err(SkimError::Malformed("field number 0"));
-        }
+        let field = field_number(tag)?;
         let rest = &data[tag_bytes..];
         let (taken, rest) = match tag & 7 {
             0 => {
@@ -351,6 +343,15 @@ impl Skim {
             self.stack.pop();
         }
         Ok(())
+    }
+}
+
+/// The field number of a tag (whatever path read it), refusing 0 and numbers past `u32`.
+fn field_number(tag: u64) -> Result<u32, SkimError> {
+    match u32::try_from(tag >> 3) {
+        Ok(0) => Err(SkimError::Malformed("field number 0")),
+        Ok(field) => Ok(field),
+        Err(_) => Err(SkimError::Malformed("field number out of range")),
     }
 }
 

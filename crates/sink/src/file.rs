@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 #[doc(hidden)]
@@ -204,13 +205,12 @@ impl FileSink {
         lock(&self.queue).clone()
     }
 
-    /// Queues the lines of `events` whose verdict is `Ok` and waits until the writer has made them
-    /// durable or given up on them.
+    /// Queues `lines` (`size` bytes with their line breaks) and waits until the writer has made
+    /// them durable or given up on them.
     async fn append(
         &self,
         queue: mpsc::UnboundedSender<Batch>,
-        events: &[PreparedEvent],
-        verdicts: &[Result<(), String>],
+        lines: Vec<Bytes>,
         size: usize,
     ) -> Result<(), String> {
         let charge = (size + BATCH_OVERHEAD_BYTES).min(QUEUE_BUDGET_BYTES);
@@ -220,12 +220,6 @@ impl FileSink {
             .await
             .map_err(|_| SHUT_DOWN.to_string())?;
 
-        let lines = events
-            .iter()
-            .zip(verdicts)
-            .filter(|(_, verdict)| verdict.is_ok())
-            .map(|(event, _)| event.payload.clone())
-            .collect();
         let (reply, answer) = oneshot::channel();
         queue
             .send(Batch {
@@ -259,16 +253,18 @@ impl EventSink for FileSink {
             .iter()
             .map(|event| fits_one_line(&event.payload))
             .collect();
-        let size: usize = events
+        // The lines to write (shared with the events, not copied) and the bytes they take.
+        let lines: Vec<Bytes> = events
             .iter()
             .zip(&verdicts)
             .filter(|(_, verdict)| verdict.is_ok())
-            .map(|(event, _)| event.payload.len() + 1)
-            .sum();
-        let written = if size == 0 {
+            .map(|(event, _)| event.payload.clone())
+            .collect();
+        let size: usize = lines.iter().map(|line| line.len() + 1).sum();
+        let written = if lines.is_empty() {
             Ok(())
         } else {
-            self.append(queue, events, &verdicts, size).await
+            self.append(queue, lines, size).await
         };
         verdicts
             .into_iter()
