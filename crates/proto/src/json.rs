@@ -12,16 +12,15 @@
 //! (the hot path). [`to_canonical_json`] renders any protocol message through prost-reflect over
 //! the checked-in descriptor; tests use it as the reference the fast path must agree with.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use prost_reflect::ReflectMessage;
-use prost_types::value::Kind;
 
 use crate::v1::identifier::Identifier as IdentifierKind;
-use crate::v1::{
-    Event, EventInteraction, EventMarketingTracking, EventParameters, EventSource, EventUser,
-    RecordEventsRequestMetadata,
+use crate::v1::{Event, RecordEventsRequestMetadata};
+use crate::wire::{
+    EventView, InteractionView, MarketingTrackingView, ParametersView, SourceView, StructView,
+    UserView, ValueView,
 };
 
 /// Why a message cannot be rendered as canonical JSON (as Go's protojson would refuse it).
@@ -43,19 +42,19 @@ pub enum RenderError {
 
 /// Appends the canonical JSON of `event` to `out`. On error `out` may hold a partial rendering.
 pub fn render_event(event: &Event, out: &mut Vec<u8>) -> Result<(), RenderError> {
+    render_view(&EventView::from_event(event), out)
+}
+
+/// Appends the canonical JSON of a viewed event (read from its wire bytes or from a decoded
+/// [`Event`]) to `out`. On error `out` may hold a partial rendering.
+pub fn render_view(event: &EventView<'_>, out: &mut Vec<u8>) -> Result<(), RenderError> {
     let mut obj = Object::open(out);
-    if !event.id.is_empty() {
-        write_str(obj.key("id"), &event.id);
-    }
+    obj.str_field("id", event.id);
     if let Some(timestamp) = &event.timestamp {
         write_timestamp(obj.key("timestamp"), timestamp)?;
     }
-    if !event.feature.is_empty() {
-        write_str(obj.key("feature"), &event.feature);
-    }
-    if !event.action.is_empty() {
-        write_str(obj.key("action"), &event.action);
-    }
+    obj.str_field("feature", event.feature);
+    obj.str_field("action", event.action);
     if let Some(source) = &event.source {
         write_source(obj.key("source"), source);
     }
@@ -67,8 +66,8 @@ pub fn render_event(event: &Event, out: &mut Vec<u8>) -> Result<(), RenderError>
     }
     if let Some(flags) = &event.feature_flags {
         let mut inner = Object::open(obj.key("featureFlags"));
-        if !flags.flags.is_empty() {
-            write_string_map(inner.key("flags"), &flags.flags);
+        if !flags.is_empty() {
+            write_string_map(inner.key("flags"), flags);
         }
         inner.close();
     }
@@ -137,23 +136,23 @@ pub fn from_json<M: ReflectMessage + Default>(json: &str) -> Result<M, String> {
     message.transcode_to().map_err(|err| err.to_string())
 }
 
-fn write_source(out: &mut Vec<u8>, source: &EventSource) {
+fn write_source(out: &mut Vec<u8>, source: &SourceView<'_>) {
     let mut obj = Object::open(out);
-    if let Some(server) = &source.server {
+    if let Some(version) = source.server {
         let mut inner = Object::open(obj.key("server"));
-        inner.str_field("version", &server.version);
+        inner.str_field("version", version);
         inner.close();
     }
     if let Some(client) = &source.client {
         let mut inner = Object::open(obj.key("client"));
-        inner.str_field("name", &client.name);
-        inner.opt_str_field("version", client.version.as_deref());
+        inner.str_field("name", client.name);
+        inner.opt_str_field("version", client.version);
         inner.close();
     }
     obj.close();
 }
 
-fn write_parameters(out: &mut Vec<u8>, parameters: &EventParameters) -> Result<(), RenderError> {
+fn write_parameters(out: &mut Vec<u8>, parameters: &ParametersView<'_>) -> Result<(), RenderError> {
     let mut obj = Object::open(out);
     if parameters.version != 0 {
         write_int(obj.key("version"), parameters.version);
@@ -178,17 +177,17 @@ fn write_parameters(out: &mut Vec<u8>, parameters: &EventParameters) -> Result<(
     if let Some(private) = &parameters.private_metadata {
         write_struct(obj.key("privateMetadata"), private)?;
     }
-    if let Some(billing) = &parameters.billing_metadata {
+    if let Some((product, category)) = parameters.billing_metadata {
         let mut inner = Object::open(obj.key("billingMetadata"));
-        inner.str_field("product", &billing.product);
-        inner.str_field("category", &billing.category);
+        inner.str_field("product", product);
+        inner.str_field("category", category);
         inner.close();
     }
     obj.close();
     Ok(())
 }
 
-fn write_user(out: &mut Vec<u8>, user: &EventUser) {
+fn write_user(out: &mut Vec<u8>, user: &UserView<'_>) {
     let mut obj = Object::open(out);
     if let Some(user_id) = user.user_id {
         let out = obj.key("userId");
@@ -196,37 +195,44 @@ fn write_user(out: &mut Vec<u8>, user: &EventUser) {
         write_int(out, user_id);
         out.push(b'"');
     }
-    obj.opt_str_field("anonymousUserId", user.anonymous_user_id.as_deref());
-    obj.opt_str_field("samsExternalId", user.sams_external_id.as_deref());
+    obj.opt_str_field("anonymousUserId", user.anonymous_user_id);
+    obj.opt_str_field("samsExternalId", user.sams_external_id);
     obj.close();
 }
 
-fn write_marketing_tracking(out: &mut Vec<u8>, tracking: &EventMarketingTracking) {
+/// `EventMarketingTracking`'s JSON names, in field order.
+const MARKETING_TRACKING_NAMES: [&str; 8] = [
+    "url",
+    "firstSourceUrl",
+    "cohortId",
+    "referrer",
+    "lastSourceUrl",
+    "deviceSessionId",
+    "sessionReferrer",
+    "sessionFirstUrl",
+];
+
+fn write_marketing_tracking(out: &mut Vec<u8>, tracking: &MarketingTrackingView<'_>) {
     let mut obj = Object::open(out);
-    obj.opt_str_field("url", tracking.url.as_deref());
-    obj.opt_str_field("firstSourceUrl", tracking.first_source_url.as_deref());
-    obj.opt_str_field("cohortId", tracking.cohort_id.as_deref());
-    obj.opt_str_field("referrer", tracking.referrer.as_deref());
-    obj.opt_str_field("lastSourceUrl", tracking.last_source_url.as_deref());
-    obj.opt_str_field("deviceSessionId", tracking.device_session_id.as_deref());
-    obj.opt_str_field("sessionReferrer", tracking.session_referrer.as_deref());
-    obj.opt_str_field("sessionFirstUrl", tracking.session_first_url.as_deref());
+    for (name, value) in MARKETING_TRACKING_NAMES.iter().zip(tracking.fields) {
+        obj.opt_str_field(name, value);
+    }
     obj.close();
 }
 
-fn write_interaction(out: &mut Vec<u8>, interaction: &EventInteraction) {
+fn write_interaction(out: &mut Vec<u8>, interaction: &InteractionView<'_>) {
     let mut obj = Object::open(out);
-    obj.opt_str_field("traceId", interaction.trace_id.as_deref());
-    obj.opt_str_field("interactionId", interaction.interaction_id.as_deref());
-    if let Some(geolocation) = &interaction.geolocation {
+    obj.opt_str_field("traceId", interaction.trace_id);
+    obj.opt_str_field("interactionId", interaction.interaction_id);
+    if let Some(country_code) = interaction.geolocation {
         let mut inner = Object::open(obj.key("geolocation"));
-        inner.str_field("countryCode", &geolocation.country_code);
+        inner.str_field("countryCode", country_code);
         inner.close();
     }
     obj.close();
 }
 
-fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+fn write_string_map(out: &mut Vec<u8>, map: &[(&str, &str)]) {
     let mut obj = Object::open(out);
     for (key, value) in map {
         write_str(obj.dynamic_key(key), value);
@@ -234,7 +240,7 @@ fn write_string_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
     obj.close();
 }
 
-fn write_struct(out: &mut Vec<u8>, value: &prost_types::Struct) -> Result<(), RenderError> {
+fn write_struct(out: &mut Vec<u8>, value: &StructView<'_>) -> Result<(), RenderError> {
     let mut obj = Object::open(out);
     for (key, value) in &value.fields {
         write_value(obj.dynamic_key(key), value)?;
@@ -243,22 +249,22 @@ fn write_struct(out: &mut Vec<u8>, value: &prost_types::Struct) -> Result<(), Re
     Ok(())
 }
 
-fn write_value(out: &mut Vec<u8>, value: &prost_types::Value) -> Result<(), RenderError> {
-    match &value.kind {
-        None => return Err(RenderError::EmptyValue),
-        Some(Kind::NullValue(_)) => out.extend_from_slice(b"null"),
-        Some(Kind::NumberValue(n)) => {
+fn write_value(out: &mut Vec<u8>, value: &ValueView<'_>) -> Result<(), RenderError> {
+    match value {
+        ValueView::Empty => return Err(RenderError::EmptyValue),
+        ValueView::Null => out.extend_from_slice(b"null"),
+        ValueView::Number(n) => {
             if !n.is_finite() {
                 return Err(RenderError::NonFiniteNumber(n.to_string()));
             }
             write_double(out, *n);
         }
-        Some(Kind::StringValue(s)) => write_str(out, s),
-        Some(Kind::BoolValue(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Some(Kind::StructValue(s)) => write_struct(out, s)?,
-        Some(Kind::ListValue(list)) => {
+        ValueView::String(s) => write_str(out, s),
+        ValueView::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        ValueView::Struct(s) => write_struct(out, s)?,
+        ValueView::List(list) => {
             out.push(b'[');
-            for (i, item) in list.values.iter().enumerate() {
+            for (i, item) in list.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }

@@ -20,6 +20,7 @@ pub mod event_id;
 pub mod json;
 pub mod migrate;
 pub mod validate;
+pub mod wire;
 
 /// Generated types and gRPC glue for `telemetrygateway.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -40,6 +41,8 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 pub const SERVICE_NAME: &str = "telemetrygateway.v1.TelemeteryGatewayService";
 
 pub use event_id::new_event_id;
-pub use json::{RenderError, from_json, render_event, render_metadata};
+pub use json::{RenderError, from_json, render_event, render_metadata, render_view};
 pub use migrate::migrate_legacy_metadata;
-pub use validate::{EventError, FeatureActionError, validate_event, validate_feature_action};
+pub use validate::{
+    EventError, FeatureActionError, validate_event, validate_feature_action, validate_view,
+};

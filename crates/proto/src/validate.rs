@@ -1,6 +1,7 @@
 //! Event validation with the original service's messages (they reach senders and logs).
 
 use crate::v1::Event;
+use crate::wire::EventView;
 
 /// The longest feature or action accepted, in bytes.
 pub const MAX_FEATURE_ACTION_LEN: usize = 64;
@@ -76,11 +77,35 @@ fn is_well_formed_name(name: &str) -> bool {
 /// Checks what the gateway requires of every event, in the original's order: ID,
 /// feature/action, timestamp.
 pub fn validate_event(event: &Event) -> Result<(), EventError> {
-    if event.id.is_empty() {
+    validate_parts(
+        &event.id,
+        &event.feature,
+        &event.action,
+        event.timestamp.is_some(),
+    )
+}
+
+/// [`validate_event`] for a viewed event (read from its wire bytes).
+pub fn validate_view(event: &EventView<'_>) -> Result<(), EventError> {
+    validate_parts(
+        event.id,
+        event.feature,
+        event.action,
+        event.timestamp.is_some(),
+    )
+}
+
+fn validate_parts(
+    id: &str,
+    feature: &str,
+    action: &str,
+    has_timestamp: bool,
+) -> Result<(), EventError> {
+    if id.is_empty() {
         return Err(EventError::MissingId);
     }
-    validate_feature_action(&event.feature, &event.action)?;
-    if event.timestamp.is_none() {
+    validate_feature_action(feature, action)?;
+    if !has_timestamp {
         return Err(EventError::MissingTimestamp);
     }
     Ok(())
