@@ -9,12 +9,14 @@
 use std::sync::OnceLock;
 
 use prost::Message as _;
+use prost::bytes::Bytes;
 use serde_json::Value;
 use telemetry_gateway_auth::{LicenseError, LicenseVerifier};
 use telemetry_gateway_proto::json::to_canonical_json;
 use telemetry_gateway_proto::v1::identifier::Identifier;
 use telemetry_gateway_proto::v1::record_events_request::Payload;
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequest, RecordEventsRequestMetadata};
+use telemetry_gateway_proto::wire::{EventView, RawPayload, RawRecordEventsRequest};
 use telemetry_gateway_proto::{migrate_legacy_metadata, render_event};
 use telemetry_gateway_server::pipeline::{EventPolicy, prepare_payload, summarize};
 use telemetry_gateway_server::skim::{Root, Shape, Skim, SkimError};
@@ -125,11 +127,26 @@ fn check_license_error(err: &LicenseError) {
 /// attributes, once fitted, are within Pub/Sub's limits; the summary acknowledges only input IDs,
 /// each once.
 pub fn record_events(data: &[u8]) {
-    let Ok(request) = RecordEventsRequest::decode(data) else {
-        return;
+    // The server reads requests with their events left encoded; prost is the reference.
+    let decoded = RecordEventsRequest::decode(data);
+    let raw = match RawRecordEventsRequest::decode(Bytes::copy_from_slice(data)) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let reference = decoded.expect_err("the raw reading refused what prost decodes");
+            assert_eq!(
+                err.to_string(),
+                reference.to_string(),
+                "the refusal is prost's"
+            );
+            return;
+        }
     };
-    match request.payload {
-        Some(Payload::Metadata(metadata)) => {
+    match raw.payload {
+        Some(RawPayload::Metadata(metadata)) => {
+            assert!(
+                matches!(&decoded, Ok(RecordEventsRequest { payload: Some(Payload::Metadata(m)) }) if *m == metadata),
+                "the raw reading's metadata is prost's"
+            );
             let source = source_for(&metadata);
             let rendered = parse_json(source.metadata_json(), "metadata JSON");
             let reference = to_canonical_json(&metadata)
@@ -140,11 +157,32 @@ pub fn record_events(data: &[u8]) {
                 "metadata renderers agree"
             );
         }
-        Some(Payload::Events(events)) => {
+        Some(RawPayload::Events(events)) => {
             let metadata = RecordEventsRequestMetadata::default();
             let source = source_for(&metadata);
-            let input_ids: Vec<String> = events.events.iter().map(|e| e.id.clone()).collect();
-            let prepared = prepare_payload(events.events, &source, &EventPolicy::default());
+            let prepared = prepare_payload(&events, &source, &EventPolicy::default());
+            let (decoded, prepared) = match (decoded, prepared) {
+                (Ok(decoded), Ok(prepared)) => (decoded, prepared),
+                (Err(reference), Err(err)) => {
+                    assert_eq!(
+                        err.to_string(),
+                        reference.to_string(),
+                        "the refusal is prost's"
+                    );
+                    return;
+                }
+                (Ok(_), Err(err)) => panic!("prepare_payload refused what prost decodes: {err}"),
+                (Err(err), Ok(_)) => panic!("prepare_payload took what prost refuses: {err}"),
+            };
+            let Some(Payload::Events(reference)) = decoded.payload else {
+                panic!("prost decoded another payload");
+            };
+            let input_ids: Vec<String> = reference.events.iter().map(|e| e.id.clone()).collect();
+            assert_eq!(
+                events.len(),
+                input_ids.len(),
+                "as many events as prost decodes"
+            );
             let stream_metadata = parse_json(source.metadata_json(), "metadata JSON");
             for event in &prepared.events {
                 let payload = parse_json(&event.payload, "payload");
@@ -165,7 +203,10 @@ pub fn record_events(data: &[u8]) {
                 assert!(seen.insert(id), "acknowledged {id:?} twice");
             }
         }
-        None => {}
+        None => assert!(
+            matches!(decoded, Ok(RecordEventsRequest { payload: None })),
+            "the raw reading found no payload where prost did"
+        ),
     }
 }
 
@@ -225,6 +266,7 @@ fn parse_json(bytes: &[u8], what: &str) -> Value {
 /// Timestamp whose nanos are outside 0..=999,999,999 (carrying into the seconds)
 /// where Go refuses with "nanos out of range" (docs/fuzzing.md, found by this target).
 pub fn json_differential(data: &[u8]) {
+    wire_differential(data);
     let Ok(mut event) = Event::decode(data) else {
         return;
     };
@@ -254,6 +296,27 @@ pub fn json_differential(data: &[u8]) {
             panic!("render_event refused ({err}) what prost-reflect renders: {reference:.300}")
         }
     }
+}
+
+/// The wire reader against prost: an event it reads in place, prost decodes to the same fields
+/// (compared through `Debug`, where NaN equals itself), before and after legacy migration.
+fn wire_differential(data: &[u8]) {
+    let Some(mut view) = EventView::parse(data) else {
+        return;
+    };
+    let mut decoded = Event::decode(data).expect("the wire reader read what prost refuses");
+    assert_eq!(
+        format!("{view:?}"),
+        format!("{:?}", EventView::from_event(&decoded)),
+        "the wire reader and prost disagree"
+    );
+    view.migrate_legacy_metadata();
+    migrate_legacy_metadata(&mut decoded);
+    assert_eq!(
+        format!("{view:?}"),
+        format!("{:?}", EventView::from_event(&decoded)),
+        "legacy migration disagrees"
+    );
 }
 
 /// A timestamp Go's protojson refuses: nanos outside 0..=999,999,999, or seconds outside

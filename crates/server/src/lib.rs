@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use telemetry_gateway_proto::FILE_DESCRIPTOR_SET;
-use telemetry_gateway_proto::v1::telemetery_gateway_service_server::TelemeteryGatewayServiceServer;
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
@@ -155,17 +153,11 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
         startup_check: Arc::default(),
         health: Arc::default(),
     });
-    let events = TelemeteryGatewayServiceServer::new(GrpcService::new(gateway))
-        .max_decoding_message_size(options.max_receive_message_bytes)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Zstd);
+    let events =
+        GrpcService::new(gateway).max_decoding_message_size(options.max_receive_message_bytes);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<TelemeteryGatewayServiceServer<GrpcService>>()
-        .await;
+    health.set_serving::<GrpcService>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

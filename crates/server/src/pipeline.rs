@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
+use prost::DecodeError;
 use telemetry_gateway_proto::v1::Event;
-use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, validate_event};
+use telemetry_gateway_proto::wire::{EventView, RawEvent, RawEvents};
+use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, render_view, validate_view};
 use telemetry_gateway_sink::{Attributes, PreparedEvent, PublishOutcome};
 
 use crate::source::Source;
@@ -134,12 +136,17 @@ impl PreparedPayload {
     }
 }
 
-/// Migrates, validates and renders every event of a payload, in order.
+/// Migrates, validates and renders every event of a payload, in order, reading each from its
+/// wire bytes (`wire::EventView`; prost decodes what that does not read).
+///
+/// An event that does not decode at all fails the whole payload with prost's error for the
+/// request, before anything is published: what the sender was told when requests were decoded
+/// as they arrived.
 pub fn prepare_payload(
-    events: Vec<Event>,
+    events: &RawEvents,
     source: &Source,
     policy: &EventPolicy,
-) -> PreparedPayload {
+) -> Result<PreparedPayload, DecodeError> {
     let cody_only = policy.enforce_export_tags
         && source.license().is_some_and(|license| {
             license.has_tag(telemetry_gateway_auth::license::TAG_DISABLE_TELEMETRY_EVENTS_EXPORT)
@@ -156,19 +163,31 @@ pub fn prepare_payload(
     let mut by_id: HashMap<String, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     let mut json = Vec::with_capacity(1024);
-    for mut event in events {
+    for raw in events {
+        let decoded: Event;
+        let mut event = match raw.view() {
+            Some(view) => view,
+            None => {
+                decoded = raw
+                    .decode()
+                    .map_err(|err| events.decode_error().unwrap_or(err))?;
+                EventView::from_event(&decoded)
+            }
+        };
         let index = prepared.slots.len();
-        let earlier = by_id.get(&event.id).copied();
+        let earlier = by_id.get(event.id).copied();
+        let mut migrated = false;
         let mut disposition = match earlier {
             Some(earlier) if prepared.slots[earlier].disposition.is_publish() => {
                 Disposition::Duplicate
             }
-            _ if cody_only && !is_cody_feature(&event.feature) => Disposition::Drop(
+            _ if cody_only && !is_cody_feature(event.feature) => Disposition::Drop(
                 DropReason::Policy,
                 "license disables export of events other than cody".into(),
             ),
             _ => {
-                migrate_legacy_metadata(&mut event);
+                event.migrate_legacy_metadata();
+                migrated = true;
                 match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
                     Ok(ready) => {
                         prepared.events.push(ready);
@@ -179,7 +198,8 @@ pub fn prepare_payload(
                             && prepared.oversized.is_none()
                         {
                             let size = prepared.message_sizes.last().copied().unwrap_or_default();
-                            prepared.oversized = Some(oversized_sample(&mut event, size));
+                            prepared.oversized =
+                                Some(oversized_sample(&mut owned(raw, true), size));
                         }
                         disposition
                     }
@@ -188,7 +208,7 @@ pub fn prepare_payload(
         };
         match earlier {
             None => {
-                by_id.insert(event.id.clone(), index);
+                by_id.insert(event.id.to_owned(), index);
             }
             Some(_) if disposition == Disposition::Duplicate => {}
             // The earlier events of this ID were not published: a published one takes over
@@ -197,29 +217,33 @@ pub fn prepare_payload(
                 let slot = &mut prepared.slots[earlier];
                 slot.disposition =
                     std::mem::replace(&mut slot.disposition, Disposition::Duplicate).superseded();
-                by_id.insert(event.id.clone(), index);
+                by_id.insert(event.id.to_owned(), index);
             }
             Some(_) => disposition = Disposition::Duplicate,
         }
-        let slot = match disposition {
-            Disposition::Publish(_) | Disposition::Duplicate => Slot {
-                id: event.id,
-                feature: event.feature,
-                action: event.action,
-                disposition,
-                refused: None,
-            },
-            _ => Slot {
-                id: event.id.clone(),
-                feature: event.feature.clone(),
-                action: event.action.clone(),
-                disposition,
-                refused: Some(Box::new(event)),
-            },
+        let refused = match disposition {
+            Disposition::Publish(_) | Disposition::Duplicate => None,
+            _ => Some(Box::new(owned(raw, migrated))),
         };
-        prepared.slots.push(slot);
+        prepared.slots.push(Slot {
+            id: event.id.to_owned(),
+            feature: event.feature.to_owned(),
+            action: event.action.to_owned(),
+            disposition,
+            refused,
+        });
     }
-    prepared
+    Ok(prepared)
+}
+
+/// A refused event, decoded for the dead letters and logs (only the refused are, and they
+/// decode: the payload's events were all read). Migrated if the pipeline got that far.
+fn owned(raw: &RawEvent, migrated: bool) -> Event {
+    let mut event = raw.decode().unwrap_or_default();
+    if migrated {
+        migrate_legacy_metadata(&mut event);
+    }
+    event
 }
 
 /// Prepares a single event (the unary path): `Err` carries why it will not be published, and
@@ -231,7 +255,12 @@ pub fn prepare_single(
     sizes: &mut Vec<usize>,
 ) -> Result<Result<PreparedEvent, OversizedSample>, String> {
     migrate_legacy_metadata(&mut event);
-    match prepare_event(&event, source, &mut Vec::new(), sizes) {
+    match prepare_event(
+        &EventView::from_event(&event),
+        source,
+        &mut Vec::new(),
+        sizes,
+    ) {
         Ok(ready) => Ok(Ok(ready)),
         Err(Disposition::Drop(..)) => {
             let size = sizes.last().copied().unwrap_or_default();
@@ -249,14 +278,14 @@ fn is_cody_feature(feature: &str) -> bool {
 /// Validates and renders one (already migrated) event; `json` is a reusable scratch buffer, and
 /// the rendered message's size is appended to `sizes`.
 fn prepare_event(
-    event: &Event,
+    event: &EventView<'_>,
     source: &Source,
     json: &mut Vec<u8>,
     sizes: &mut Vec<usize>,
 ) -> Result<PreparedEvent, Disposition> {
-    validate_event(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
+    validate_view(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
     json.clear();
-    render_event(event, json)
+    render_view(event, json)
         .map_err(|err| Disposition::Unrenderable(format!("{RENDER_ERROR_PREFIX}{err}")))?;
 
     let metadata = source.metadata_json();
@@ -276,12 +305,12 @@ fn prepare_event(
     payload.push(b'}');
 
     Ok(PreparedEvent {
-        id: event.id.clone(),
-        feature: event.feature.clone(),
-        action: event.action.clone(),
+        id: event.id.to_owned(),
+        feature: event.feature.to_owned(),
+        action: event.action.to_owned(),
         timestamp: event.timestamp.unwrap_or_default(),
         payload: Bytes::from(payload),
-        attributes: attributes(event, source),
+        attributes: view_attributes(event, source),
     })
 }
 
@@ -336,17 +365,23 @@ pub struct OversizedSample {
 
 /// The Pub/Sub message attributes of an event (after legacy migration).
 pub fn attributes(event: &Event, source: &Source) -> Attributes {
+    view_attributes(&EventView::from_event(event), source)
+}
+
+/// [`attributes`] of a viewed event.
+fn view_attributes(event: &EventView<'_>, source: &Source) -> Attributes {
     let mut attributes = Attributes::new();
     attributes.insert(
         "publisher.source".into(),
         source.publisher_source().to_string(),
     );
-    attributes.insert("event.feature".into(), event.feature.clone());
-    attributes.insert("event.action".into(), event.action.clone());
-    let parameters = event.parameters.as_ref();
-    let has_private = parameters.is_some_and(|p| p.private_metadata.is_some());
-    attributes.insert("event.hasPrivateMetadata".into(), has_private.to_string());
-    for (key, value) in parameters.iter().flat_map(|p| &p.metadata) {
+    attributes.insert("event.feature".into(), event.feature.to_owned());
+    attributes.insert("event.action".into(), event.action.to_owned());
+    attributes.insert(
+        "event.hasPrivateMetadata".into(),
+        event.has_private_metadata().to_string(),
+    );
+    for (key, value) in event.parameters.iter().flat_map(|p| &p.metadata) {
         // Ours: any non-empty suffix counts (the original skipped one-character suffixes).
         if key.len() > RECORDS_PRIVATE_METADATA_PREFIX.len()
             && key.starts_with(RECORDS_PRIVATE_METADATA_PREFIX)

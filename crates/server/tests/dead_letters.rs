@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use telemetry_gateway_proto::wire::RawEvents;
 
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_server::{
@@ -74,9 +75,10 @@ async fn a_managed_services_refused_events_are_dead_lettered_though_not_acknowle
     let summary = gateway
         .process_payload(
             &managed(),
-            vec![simple_event("ok"), invalid, simple_event("refused-by-sink")],
+            RawEvents::from_events(&[simple_event("ok"), invalid, simple_event("refused-by-sink")]),
         )
-        .await;
+        .await
+        .expect("events decode");
     assert_eq!(summary.succeeded, ["ok"]);
     let records = records(&destination, 2).await;
     let reasons: Vec<(&str, &str)> = records
@@ -106,10 +108,11 @@ async fn a_payload_abandoned_by_its_sender_writes_no_dead_letters() {
     let summary = gateway
         .process_payload_until(
             &managed(),
-            vec![simple_event("slow"), invalid],
+            RawEvents::from_events(&[simple_event("slow"), invalid]),
             std::future::ready(()),
         )
-        .await;
+        .await
+        .expect("events decode");
     assert!(summary.succeeded.is_empty());
     assert!(records(&destination, 1).await.is_empty());
 }
@@ -147,10 +150,14 @@ async fn a_stuck_destination_fills_the_queue_and_acknowledgements_go_on() {
         invalid.feature = String::new();
         let summary = tokio::time::timeout(
             Duration::from_secs(10),
-            gateway.process_payload(&source, vec![invalid, simple_event(format!("ok-{round}"))]),
+            gateway.process_payload(
+                &source,
+                RawEvents::from_events(&[invalid, simple_event(format!("ok-{round}"))]),
+            ),
         )
         .await
-        .expect("never waits for the dead-letter destination");
+        .expect("never waits for the dead-letter destination")
+        .expect("events decode");
         assert_eq!(summary.succeeded.len(), 2);
     }
     assert!(destination.in_progress() <= 1);

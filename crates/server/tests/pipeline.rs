@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use prost_types::Struct;
 use telemetry_gateway_proto::v1::{Event, EventParameters};
+use telemetry_gateway_proto::wire::RawEvents;
 use telemetry_gateway_server::pipeline::{
-    BatchResult, EventPolicy, Summary, attributes, prepare_payload, summarize,
+    BatchResult, EventPolicy, PreparedPayload, Summary, attributes, prepare_payload, summarize,
 };
 use telemetry_gateway_server::{Source, SourceKind};
 use telemetry_gateway_sink::{FailureCause, PublishOutcome};
@@ -142,9 +143,14 @@ fn summarize_with(
     events: Vec<Event>,
     outcome: impl Fn(&str) -> PublishOutcome,
 ) -> telemetry_gateway_server::pipeline::Summary {
-    let prepared = prepare_payload(events, source, &EventPolicy::default());
+    let prepared = prepare(events, source, &EventPolicy::default());
     let outcomes: Vec<PublishOutcome> = prepared.events.iter().map(|e| outcome(&e.id)).collect();
     summarize(prepared, &outcomes, source)
+}
+
+/// Prepares `events` as the server does: from their wire bytes.
+fn prepare(events: Vec<Event>, source: &Source, policy: &EventPolicy) -> PreparedPayload {
+    prepare_payload(&RawEvents::from_events(&events), source, policy).expect("events decode")
 }
 
 /// The summary as a reviewer reads it, for inline snapshots: the result and its message, then
@@ -314,7 +320,7 @@ fn an_empty_payload_is_not_a_failure() {
 #[test]
 fn a_missing_outcome_is_retryable_never_acknowledged() {
     let source = unlicensed();
-    let prepared = prepare_payload(simple_events("m", 2), &source, &EventPolicy::default());
+    let prepared = prepare(simple_events("m", 2), &source, &EventPolicy::default());
     let summary = summarize(prepared, &[PublishOutcome::Delivered], &source);
     assert_eq!(summary.succeeded, vec!["m-0"]);
     assert_eq!(summary.failed.len(), 1);
@@ -337,7 +343,7 @@ fn invalid_event(id: &str) -> Event {
 #[test]
 fn a_valid_event_after_an_invalid_one_with_its_id_is_published_and_acknowledged_once() {
     let source = unlicensed();
-    let prepared = prepare_payload(
+    let prepared = prepare(
         vec![
             invalid_event("x"),
             simple_event("y"),
@@ -415,7 +421,7 @@ fn an_event_refused_by_policy_does_not_hide_a_later_allowed_event_with_its_id() 
         action: "viewed".into(),
         ..simple_event("x")
     };
-    let prepared = prepare_payload(vec![refused, simple_event("x")], &source, &policy);
+    let prepared = prepare(vec![refused, simple_event("x")], &source, &policy);
     assert_eq!(prepared.events.len(), 1, "the cody event is published");
     let summary = summarize(
         prepared,

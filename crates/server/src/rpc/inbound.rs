@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telemetry_gateway_proto::v1::RecordEventsRequest;
+use telemetry_gateway_proto::wire::RawRecordEventsRequest;
 use tonic::Streaming;
 
 use super::{Ended, gate};
@@ -16,7 +16,7 @@ use crate::rpc::metrics::{RpcMethod, RpcMetrics};
 
 /// A stream's incoming messages.
 pub struct Inbound {
-    messages: Streaming<RecordEventsRequest>,
+    messages: Streaming<RawRecordEventsRequest>,
     ledger: Arc<StreamLedger>,
     lifecycle: Lifecycle,
     lifetime: Duration,
@@ -27,7 +27,7 @@ pub struct Inbound {
 impl Inbound {
     /// The messages of a stream admitted at `started`, whose body's admissions are in `ledger`.
     pub fn new(
-        messages: Streaming<RecordEventsRequest>,
+        messages: Streaming<RawRecordEventsRequest>,
         ledger: Arc<StreamLedger>,
         lifecycle: Lifecycle,
         lifetime: Duration,
@@ -51,7 +51,7 @@ impl Inbound {
     /// unacknowledged-but-kept. A stream is cut at its lifetime, as the original's HTTP server
     /// did. Either way a payload being processed is finished and answered first, since this is
     /// only awaited between payloads; a message already received is taken before either.
-    pub async fn next(&mut self) -> Result<Option<(RecordEventsRequest, Reservation)>, Ended> {
+    pub async fn next(&mut self) -> Result<Option<(RawRecordEventsRequest, Reservation)>, Ended> {
         let received = tokio::select! {
             biased;
             received = self.messages.message() => received,

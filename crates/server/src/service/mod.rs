@@ -14,9 +14,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use prost::DecodeError;
 use telemetry_gateway_auth::LicenseVerifier;
+use telemetry_gateway_proto::v1::RecordEventsRequestMetadata;
 use telemetry_gateway_proto::v1::identifier::{Identifier, LicensedInstanceIdentifier};
-use telemetry_gateway_proto::v1::{Event, RecordEventsRequestMetadata};
+use telemetry_gateway_proto::wire::RawEvents;
 use telemetry_gateway_sink::{EventSink, FailureCause, PublishOutcome};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
@@ -239,8 +241,13 @@ impl EventGateway {
         })
     }
 
-    /// Prepares, publishes and summarizes one events payload.
-    pub async fn process_payload(&self, source: &Source, events: Vec<Event>) -> Summary {
+    /// Prepares, publishes and summarizes one events payload; an event that does not decode
+    /// fails it whole, before anything is published.
+    pub async fn process_payload(
+        &self,
+        source: &Source,
+        events: RawEvents,
+    ) -> Result<Summary, DecodeError> {
         self.process_payload_until(source, events, std::future::pending())
             .await
     }
@@ -251,9 +258,9 @@ impl EventGateway {
     pub async fn process_payload_until(
         &self,
         source: &Source,
-        events: Vec<Event>,
+        events: RawEvents,
         canceled: impl Future<Output = ()>,
-    ) -> Summary {
+    ) -> Result<Summary, DecodeError> {
         let span = tracing::info_span!(
             "handlePublishEvents",
             events = count_attribute(events.len()),
@@ -265,7 +272,7 @@ impl EventGateway {
         );
         async {
             let started = Instant::now();
-            let mut prepared = self.prepare(events, source).await;
+            let mut prepared = self.prepare(events, source).await?;
             for &size in &prepared.message_sizes {
                 self.metrics.message_rendered(size);
             }
@@ -307,7 +314,7 @@ impl EventGateway {
                 started.elapsed(),
                 was_canceled,
             );
-            summary
+            Ok(summary)
         }
         .instrument(span)
         .await
@@ -317,21 +324,26 @@ impl EventGateway {
     /// does not hold a worker (and the streams waiting on it) for long. Large payloads take
     /// turns, one per core: more at once would only add threads (each with its own allocator
     /// cache) competing for the same cores.
-    async fn prepare(&self, events: Vec<Event>, source: &Source) -> PreparedPayload {
+    async fn prepare(
+        &self,
+        events: RawEvents,
+        source: &Source,
+    ) -> Result<PreparedPayload, DecodeError> {
         if events.len() < PREPARE_INLINE_EVENTS {
-            return prepare_payload(events, source, &self.policy);
+            return prepare_payload(&events, source, &self.policy);
         }
         let Ok(_turn) = self.preparers.acquire().await else {
             // The semaphore is never closed.
-            return PreparedPayload::default();
+            return Ok(PreparedPayload::default());
         };
         let (source, policy) = (source.clone(), self.policy);
-        match tokio::task::spawn_blocking(move || prepare_payload(events, &source, &policy)).await {
+        match tokio::task::spawn_blocking(move || prepare_payload(&events, &source, &policy)).await
+        {
             Ok(prepared) => prepared,
             Err(err) => {
                 // Nothing is acknowledged: the sender retries the payload.
                 tracing::error!(error = %err, "preparing a payload failed");
-                PreparedPayload::default()
+                Ok(PreparedPayload::default())
             }
         }
     }

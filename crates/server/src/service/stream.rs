@@ -3,7 +3,8 @@
 //! the memory budget, metrics, spans and logs are the caller's (`crate::rpc`).
 
 use telemetry_gateway_proto::v1::RecordEventsResponse;
-use telemetry_gateway_proto::v1::record_events_request::Payload;
+use telemetry_gateway_proto::wire::RawPayload as Payload;
+use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use super::EventGateway;
@@ -61,11 +62,13 @@ impl EventGateway {
                         .source
                         .as_ref()
                         .ok_or(ServerError::EventsBeforeMetadata)?;
-                    self.check_rate_limit(source, payload.events.len())?;
-                    state.events += payload.events.len();
+                    self.check_rate_limit(source, payload.len())?;
+                    state.events += payload.len();
                     let summary = self
-                        .process_payload_until(source, payload.events, responses.closed())
-                        .await;
+                        .process_payload_until(source, payload, responses.closed())
+                        .await
+                        // An event that does not decode fails the request, as it always has.
+                        .map_err(|err| Ended::Receive(Status::internal(err.to_string())))?;
                     inbound.answered(reservation);
                     let response = RecordEventsResponse {
                         succeeded_events: summary.succeeded,
