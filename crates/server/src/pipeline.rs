@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use prost::DecodeError;
@@ -162,7 +163,12 @@ pub fn prepare_payload(
     // the seed keeps a sender from choosing colliding IDs.
     let mut by_id: HashMap<String, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
-    let mut json = Vec::with_capacity(1024);
+    // Every published event's payload, one after another: one buffer for the payload's events
+    // rather than one per event; each event's `Bytes` is a slice of it.
+    let mut rendered = Vec::with_capacity(
+        events.encoded_len() + events.len() * (source.metadata_json().len() + 32),
+    );
+    let mut ranges = Vec::with_capacity(events.len());
     for raw in events {
         let decoded: Event;
         let mut event = match raw.view() {
@@ -188,9 +194,10 @@ pub fn prepare_payload(
             _ => {
                 event.migrate_legacy_metadata();
                 migrated = true;
-                match prepare_event(&event, source, &mut json, &mut prepared.message_sizes) {
-                    Ok(ready) => {
+                match prepare_event(&event, source, &mut rendered, &mut prepared.message_sizes) {
+                    Ok((ready, range)) => {
                         prepared.events.push(ready);
+                        ranges.push(range);
                         Disposition::Publish(prepared.events.len() - 1)
                     }
                     Err(disposition) => {
@@ -233,6 +240,10 @@ pub fn prepare_payload(
             refused,
         });
     }
+    let rendered = Bytes::from(rendered);
+    for (event, range) in prepared.events.iter_mut().zip(ranges) {
+        event.payload = rendered.slice(range);
+    }
     Ok(prepared)
 }
 
@@ -255,13 +266,12 @@ pub fn prepare_single(
     sizes: &mut Vec<usize>,
 ) -> Result<Result<PreparedEvent, OversizedSample>, String> {
     migrate_legacy_metadata(&mut event);
-    match prepare_event(
-        &EventView::from_event(&event),
-        source,
-        &mut Vec::new(),
-        sizes,
-    ) {
-        Ok(ready) => Ok(Ok(ready)),
+    let mut rendered = Vec::new();
+    match prepare_event(&EventView::from_event(&event), source, &mut rendered, sizes) {
+        Ok((mut ready, _)) => {
+            ready.payload = Bytes::from(rendered);
+            Ok(Ok(ready))
+        }
         Err(Disposition::Drop(..)) => {
             let size = sizes.last().copied().unwrap_or_default();
             Ok(Err(oversized_sample(&mut event, size)))
@@ -275,43 +285,46 @@ fn is_cody_feature(feature: &str) -> bool {
     feature == "cody" || feature.starts_with("cody.")
 }
 
-/// Validates and renders one (already migrated) event; `json` is a reusable scratch buffer, and
-/// the rendered message's size is appended to `sizes`.
+/// Validates and renders one (already migrated) event: its payload is appended to `out` (which
+/// holds the payload's earlier events), and its size to `sizes` (for metrics). The returned
+/// event's `payload` is left empty: it is the returned range of `out`, which the caller makes
+/// the event's `Bytes` once every event is rendered.
 fn prepare_event(
     event: &EventView<'_>,
     source: &Source,
-    json: &mut Vec<u8>,
+    out: &mut Vec<u8>,
     sizes: &mut Vec<usize>,
-) -> Result<PreparedEvent, Disposition> {
+) -> Result<(PreparedEvent, Range<usize>), Disposition> {
     validate_view(event).map_err(|err| Disposition::Invalid(err.to_string()))?;
-    json.clear();
-    render_view(event, json)
-        .map_err(|err| Disposition::Unrenderable(format!("{RENDER_ERROR_PREFIX}{err}")))?;
-
-    let metadata = source.metadata_json();
-    let size = json.len() + metadata.len() + r#"{"event":,"metadata":}"#.len();
+    let start = out.len();
+    out.extend_from_slice(br#"{"event":"#);
+    if let Err(err) = render_view(event, out) {
+        out.truncate(start);
+        return Err(Disposition::Unrenderable(format!(
+            "{RENDER_ERROR_PREFIX}{err}"
+        )));
+    }
+    out.extend_from_slice(br#","metadata":"#);
+    out.extend_from_slice(source.metadata_json());
+    out.push(b'}');
+    let size = out.len() - start;
     sizes.push(size);
     if size >= MAX_EVENT_PAYLOAD_BYTES {
+        out.truncate(start);
         return Err(Disposition::Drop(
             DropReason::Oversized,
             format!("event is oversized ({size} bytes)"),
         ));
     }
-    let mut payload = Vec::with_capacity(size);
-    payload.extend_from_slice(br#"{"event":"#);
-    payload.extend_from_slice(json);
-    payload.extend_from_slice(br#","metadata":"#);
-    payload.extend_from_slice(metadata);
-    payload.push(b'}');
-
-    Ok(PreparedEvent {
+    let prepared = PreparedEvent {
         id: event.id.to_owned(),
         feature: event.feature.to_owned(),
         action: event.action.to_owned(),
         timestamp: event.timestamp.unwrap_or_default(),
-        payload: Bytes::from(payload),
+        payload: Bytes::new(),
         attributes: view_attributes(event, source),
-    })
+    };
+    Ok((prepared, start..out.len()))
 }
 
 /// What the log shows of an oversized event: its identity, its size, and the start of its JSON
@@ -460,10 +473,14 @@ pub fn take_refusals(payload: &mut PreparedPayload, outcomes: &[PublishOutcome])
                 if let (Some(PublishOutcome::Permanent(error)), Some(event)) =
                     (outcomes.get(*index), payload.events.get(*index))
                 {
+                    // Its own copy of the payload: a slice would keep the whole payload's
+                    // buffer alive while the dead letter waits in its queue.
+                    let mut event = event.clone();
+                    event.payload = Bytes::copy_from_slice(&event.payload);
                     refusals.push(Refusal {
                         reason: RefusalReason::Rejected,
                         message: error.message.clone(),
-                        event: RefusedEvent::Published(event.clone()),
+                        event: RefusedEvent::Published(event),
                     });
                 }
                 continue;
