@@ -106,7 +106,9 @@ impl Disposition {
     }
 }
 
-/// One input event's identity, kept for summaries and logs.
+/// One input event's identity, kept for summaries and logs. A published event's (and a
+/// duplicate's) is left empty here: its prepared event holds it, and [`summarize`] takes it from
+/// there (three fewer allocations per event).
 #[derive(Debug, Clone, PartialEq)]
 struct Slot {
     id: String,
@@ -232,10 +234,18 @@ pub fn prepare_payload(
             Disposition::Publish(_) | Disposition::Duplicate => None,
             _ => Some(Box::new(owned(raw, migrated))),
         };
+        let (id, feature, action) = match disposition {
+            Disposition::Publish(_) | Disposition::Duplicate => Default::default(),
+            _ => (
+                event.id.to_owned(),
+                event.feature.to_owned(),
+                event.action.to_owned(),
+            ),
+        };
         prepared.slots.push(Slot {
-            id: event.id.to_owned(),
-            feature: event.feature.to_owned(),
-            action: event.action.to_owned(),
+            id,
+            feature,
+            action,
             disposition,
             refused,
         });
@@ -620,7 +630,15 @@ pub fn summarize(
         oversized: payload.oversized,
         result: BatchResult::Success,
     };
-    for slot in payload.slots {
+    let mut events = payload.events;
+    for mut slot in payload.slots {
+        if let Disposition::Publish(index) = slot.disposition
+            && let Some(event) = events.get_mut(index)
+        {
+            slot.id = std::mem::take(&mut event.id);
+            slot.feature = std::mem::take(&mut event.feature);
+            slot.action = std::mem::take(&mut event.action);
+        }
         let (error, retryable, reason) = match slot.disposition {
             Disposition::Duplicate => {
                 summary.duplicates += 1;

@@ -31,6 +31,10 @@ struct KindInfo {
     message_fields: Vec<Option<usize>>,
     /// Whether this is `telemetrygateway.v1.Event`.
     is_event: bool,
+    /// Whether none of its fields is a message (a map entry of scalars, a Timestamp, ...): such
+    /// a message is counted but not read, since it holds nothing more to count; its contents
+    /// are the decoder's to check.
+    leaf: bool,
 }
 
 impl KindInfo {
@@ -57,6 +61,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
         table.kinds.push(KindInfo {
             message_fields: Vec::new(),
             is_event: message.full_name() == EVENT,
+            leaf: false,
         });
     }
     for message in DESCRIPTOR_POOL.all_messages() {
@@ -73,6 +78,9 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
                 fields[number] = Some(child);
             }
         }
+    }
+    for kind in &mut table.kinds {
+        kind.leaf = kind.message_fields.iter().all(Option::is_none);
     }
     table
 });
@@ -332,6 +340,9 @@ impl Skim {
             events: usize::from(info.is_event),
             messages: 1,
         };
+        if info.leaf {
+            return Some(shape);
+        }
         while !bytes.is_empty() {
             let (tag, read) = read_varint_within(bytes)?;
             bytes = &bytes[read..];
@@ -403,6 +414,14 @@ impl Skim {
         }
         if self.stack.len() >= MAX_DEPTH {
             return Err(SkimError::Malformed("messages nested too deeply"));
+        }
+        if self.table.kinds[child].leaf {
+            self.state = if len == 0 { TAG } else { State::Skip(len) };
+            return if len == 0 {
+                self.pop_finished()
+            } else {
+                Ok(())
+            };
         }
         self.stack.push(Frame { kind: child, end });
         self.state = TAG;
