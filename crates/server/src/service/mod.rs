@@ -39,7 +39,12 @@ use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
 
 /// Payloads of this many events or more are prepared on the blocking pool.
-const PREPARE_INLINE_EVENTS: usize = 256;
+const PREPARE_INLINE_EVENTS: usize = 1024;
+
+/// Payloads whose message is this large or larger are prepared on the blocking pool. Below both
+/// limits a payload takes a few milliseconds at most (about 2 µs per event of 700 bytes, read
+/// from its wire bytes): less than a hand-off to another thread costs the rest.
+const PREPARE_INLINE_BYTES: usize = 1024 * 1024;
 
 /// Identifiers a sender chose (request, instance and service IDs, URLs) are logged cut to this.
 const MAX_LOGGED_ID_BYTES: usize = 256;
@@ -329,7 +334,7 @@ impl EventGateway {
         events: RawEvents,
         source: &Source,
     ) -> Result<PreparedPayload, DecodeError> {
-        if events.len() < PREPARE_INLINE_EVENTS {
+        if events.len() < PREPARE_INLINE_EVENTS && events.encoded_len() < PREPARE_INLINE_BYTES {
             return prepare_payload(&events, source, &self.policy);
         }
         let Ok(_turn) = self.preparers.acquire().await else {
