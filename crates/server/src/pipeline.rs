@@ -18,6 +18,9 @@ use crate::source::Source;
 /// Payloads of this size or more are never published: Pub/Sub's request limit (1e7 bytes).
 pub const MAX_EVENT_PAYLOAD_BYTES: usize = 10_000_000;
 
+/// The most a payload's render buffer is sized for before its events are rendered.
+const MAX_RENDER_BUFFER_PRESIZE: usize = 16 * 1024 * 1024;
+
 /// How much of an oversized event's JSON is logged.
 const OVERSIZED_SNIPPET_BYTES: usize = 512;
 
@@ -166,9 +169,12 @@ pub fn prepare_payload(
     let mut by_id: HashMap<String, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     // Every published event's payload, one after another: one buffer for the payload's events
-    // rather than one per event; each event's `Bytes` is a slice of it.
+    // rather than one per event; each event's `Bytes` is a slice of it. Sized for what the
+    // events usually need, but never up front beyond a bound: with large stream metadata most
+    // events may turn out oversized (and are not kept), so past it the buffer grows as it fills.
     let mut rendered = Vec::with_capacity(
-        events.encoded_len() + events.len() * (source.metadata_json().len() + 32),
+        (events.encoded_len() + events.len() * (source.metadata_json().len() + 32))
+            .min(MAX_RENDER_BUFFER_PRESIZE),
     );
     let mut ranges = Vec::with_capacity(events.len());
     for raw in events {
@@ -314,10 +320,9 @@ fn prepare_event(
             "{RENDER_ERROR_PREFIX}{err}"
         )));
     }
-    out.extend_from_slice(br#","metadata":"#);
-    out.extend_from_slice(source.metadata_json());
-    out.push(b'}');
-    let size = out.len() - start;
+    // Sized before the stream's metadata is copied in: an oversized event costs no copy of it.
+    let metadata = source.metadata_json();
+    let size = out.len() - start + metadata.len() + r#","metadata":}"#.len();
     sizes.push(size);
     if size >= MAX_EVENT_PAYLOAD_BYTES {
         out.truncate(start);
@@ -326,6 +331,9 @@ fn prepare_event(
             format!("event is oversized ({size} bytes)"),
         ));
     }
+    out.extend_from_slice(br#","metadata":"#);
+    out.extend_from_slice(metadata);
+    out.push(b'}');
     let prepared = PreparedEvent {
         id: event.id.to_owned(),
         feature: event.feature.to_owned(),
