@@ -70,7 +70,10 @@ impl RawRecordEventsRequest {
         match Self::decode_plain(&message) {
             Some(Plain::Empty) => Ok(RawRecordEventsRequest { payload: None }),
             Some(Plain::Metadata(range)) => {
-                let metadata = RecordEventsRequestMetadata::decode(message.slice(range))?;
+                let Ok(metadata) = RecordEventsRequestMetadata::decode(message.slice(range)) else {
+                    // prost's error for the whole request, with its path.
+                    return RecordEventsRequest::decode(message).map(RawRecordEventsRequest::from);
+                };
                 Ok(RawRecordEventsRequest {
                     payload: Some(RawPayload::Metadata(metadata)),
                 })

@@ -256,6 +256,10 @@ pub fn prepare_payload(
             refused,
         });
     }
+    // The buffer lives as long as any of its events' payloads: no more room than they use.
+    if rendered.capacity() - rendered.len() > rendered.len() / 4 + 4096 {
+        rendered.shrink_to_fit();
+    }
     let rendered = Bytes::from(rendered);
     for (event, range) in prepared.events.iter_mut().zip(ranges) {
         event.payload = rendered.slice(range);
@@ -266,7 +270,12 @@ pub fn prepare_payload(
 /// A refused event, decoded for the dead letters and logs (only the refused are, and they
 /// decode: the payload's events were all read). Migrated if the pipeline got that far.
 fn owned(raw: &RawEvent, migrated: bool) -> Event {
-    let mut event = raw.decode().unwrap_or_default();
+    let mut event = raw.decode().unwrap_or_else(|err| {
+        // Unreachable: the event was read (in place or by prost) to get this far.
+        debug_assert!(false, "a read event does not decode: {err}");
+        tracing::error!(error = %err, "a refused event does not decode; its dead letter is empty");
+        Event::default()
+    });
     if migrated {
         migrate_legacy_metadata(&mut event);
     }

@@ -104,8 +104,9 @@ impl Root {
     }
 }
 
-/// Why a message cannot be skimmed (and so would not decode either), or is refused for its
-/// shape.
+/// Why a message cannot be skimmed (and so would not decode either: the skim checks the
+/// structure it follows, not strings, scalars or the inside of messages that hold no messages,
+/// which decoding checks), or is refused for its shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SkimError {
     /// Not valid protobuf for the expected message.
@@ -620,6 +621,29 @@ mod tests {
         let mut lying = bytes.clone();
         lying[3] = 100;
         assert!(skim_in_chunks(&lying, 4, 10).is_err());
+    }
+
+    #[test]
+    fn the_inside_of_a_message_without_message_fields_is_left_to_the_decoder() {
+        // An event whose Timestamp (field 2) holds a field of wire type 7: the skim counts the
+        // Timestamp without reading it; decoding refuses the request.
+        let event = [0x12, 0x01, 0x0f];
+        let mut payload = vec![0x0a, event.len() as u8];
+        payload.extend(event);
+        let mut request = vec![0x12, payload.len() as u8];
+        request.extend(&payload);
+        let shape = Shape {
+            events: 1,
+            messages: 3,
+        };
+        for chunk in [1, 2, request.len()] {
+            assert_eq!(
+                skim_in_chunks(&request, chunk, 100),
+                Ok(shape),
+                "chunks of {chunk}"
+            );
+        }
+        assert!(RecordEventsRequest::decode(request.as_slice()).is_err());
     }
 
     proptest::proptest! {

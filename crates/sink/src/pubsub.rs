@@ -223,7 +223,10 @@ impl<P: Publisher> PubSubSink<P> {
     /// Publishes one event and waits for its acknowledgement until `deadline`.
     async fn publish_one(&self, event: &PreparedEvent, deadline: Instant) -> PublishOutcome {
         let attributes = self.fitted_attributes(event);
-        let publish = self.publisher.publish(event.payload.clone(), &attributes);
+        // The client keeps a message until it is sent, even past our deadline; a copy of the
+        // payload, not a slice, so that it never keeps the rest of its payload's buffer alive.
+        let data = Bytes::copy_from_slice(&event.payload);
+        let publish = self.publisher.publish(data, &attributes);
         match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(())) => PublishOutcome::Delivered,
             Ok(Err(err)) => PublishOutcome::retryable(
