@@ -256,10 +256,6 @@ pub fn prepare_payload(
             refused,
         });
     }
-    // The buffer lives as long as any of its events' payloads: no more room than they use.
-    if rendered.capacity() - rendered.len() > rendered.len() / 4 + 4096 {
-        rendered.shrink_to_fit();
-    }
     let rendered = Bytes::from(rendered);
     for (event, range) in prepared.events.iter_mut().zip(ranges) {
         event.payload = rendered.slice(range);
