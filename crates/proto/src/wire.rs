@@ -545,24 +545,24 @@ fn timestamp(mut reader: Reader<'_>) -> Option<Timestamp> {
     Some(timestamp)
 }
 
+/// A message whose one field is the string 1 (`EventSource.Server.version`,
+/// `EventInteraction.Geolocation.country_code`): that string (default `""`).
+fn first_string(mut reader: Reader<'_>) -> Option<&str> {
+    let mut value = "";
+    while let Some((tag, wire_type)) = reader.key().ok()? {
+        match tag {
+            1 => value = reader.string(wire_type)?,
+            _ => reader.skip(tag, wire_type)?,
+        }
+    }
+    Some(value)
+}
+
 fn source(mut reader: Reader<'_>) -> Option<SourceView<'_>> {
     let mut source = SourceView::default();
     while let Some((tag, wire_type)) = reader.key().ok()? {
         match tag {
-            1 => once(
-                &mut source.server,
-                reader.message(wire_type)?,
-                |mut reader| {
-                    let mut version = "";
-                    while let Some((tag, wire_type)) = reader.key().ok()? {
-                        match tag {
-                            1 => version = reader.string(wire_type)?,
-                            _ => reader.skip(tag, wire_type)?,
-                        }
-                    }
-                    Some(version)
-                },
-            )?,
+            1 => once(&mut source.server, reader.message(wire_type)?, first_string)?,
             2 => once(
                 &mut source.client,
                 reader.message(wire_type)?,
@@ -672,16 +672,7 @@ fn interaction(mut reader: Reader<'_>) -> Option<InteractionView<'_>> {
             3 => once(
                 &mut interaction.geolocation,
                 reader.message(wire_type)?,
-                |mut reader| {
-                    let mut country_code = "";
-                    while let Some((tag, wire_type)) = reader.key().ok()? {
-                        match tag {
-                            1 => country_code = reader.string(wire_type)?,
-                            _ => reader.skip(tag, wire_type)?,
-                        }
-                    }
-                    Some(country_code)
-                },
+                first_string,
             )?,
             _ => reader.skip(tag, wire_type)?,
         }

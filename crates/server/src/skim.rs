@@ -309,11 +309,7 @@ impl Skim {
         if self.pos + len > parent.end {
             return Ok(false);
         }
-        let child = self
-            .table
-            .kinds
-            .get(parent.kind)
-            .and_then(|kind| kind.message_field(field));
+        let child = self.child_kind(parent.kind, field);
         if let Some(child) = child {
             let Some(inner) = self.walk(child, bytes, self.stack.len()) else {
                 return Ok(false);
@@ -394,11 +390,7 @@ impl Skim {
             .checked_add(len)
             .filter(|&end| end <= parent.end)
             .ok_or(SkimError::Malformed("a field runs past its message"))?;
-        let child = self
-            .table
-            .kinds
-            .get(parent.kind)
-            .and_then(|kind| kind.message_field(field));
+        let child = self.child_kind(parent.kind, field);
         let Some(child) = child else {
             self.state = if len == 0 { TAG } else { State::Skip(len) };
             if len == 0 {
@@ -427,6 +419,14 @@ impl Skim {
         self.stack.push(Frame { kind: child, end });
         self.state = TAG;
         self.pop_finished()
+    }
+
+    /// The message type of field `field` of a message of type `kind`, if it is a message field.
+    fn child_kind(&self, kind: usize, field: u32) -> Option<usize> {
+        self.table
+            .kinds
+            .get(kind)
+            .and_then(|kind| kind.message_field(field))
     }
 
     /// Leaves every nested message that ends here.
@@ -460,17 +460,10 @@ const MAX_VARINT_BYTES: usize = 10;
 /// Reads a whole varint from the start of `data`, which holds at least [`MAX_VARINT_BYTES`]:
 /// its value and its length (as [`varint_step`] would, byte by byte).
 fn read_varint(data: &[u8]) -> Result<(u64, usize), SkimError> {
-    let mut value = 0;
-    for (i, &byte) in data.iter().take(MAX_VARINT_BYTES).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok((value, i + 1));
-        }
-    }
-    Err(SkimError::Malformed("varint too long"))
+    read_varint_within(data).ok_or(SkimError::Malformed("varint too long"))
 }
 
-/// Reads a whole varint from the start of `data` as [`read_varint`] does; `None` if `data`
+/// Reads a whole varint from the start of `data`: its value and its length; `None` if `data`
 /// ends first or it is too long.
 fn read_varint_within(data: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0;
