@@ -395,6 +395,20 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
+/// Whether any of the eight bytes of `word` has a non-zero [`ESCAPE`] entry (a control
+/// character, `"`, `\\`, `<`, `>`, `&` or `0xE2`), tested on the whole word at once.
+fn needs_attention(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Some byte is zero (exact as a yes/no answer: a borrow only starts at a zero byte).
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    // Some byte is below 0x20 (bytes of 0x80 and above are excluded by `!word`).
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let equal = |byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
+    (control | equal(b'"') | equal(b'\\') | equal(b'<') | equal(b'>') | equal(b'&') | equal(0xE2))
+        != 0
+}
+
 /// Writes a JSON string as Go's protojson + `encoding/json` compaction would.
 fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -404,7 +418,17 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
+        // Eight bytes at a time while none of them needs attention (most text).
+        while let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            if needs_attention(word) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         match ESCAPE[b as usize] {
             0 => {
                 i += 1;
@@ -467,25 +491,44 @@ fn write_timestamp(out: &mut Vec<u8>, ts: &prost_types::Timestamp) -> Result<(),
     let days = ts.seconds.div_euclid(86_400);
     let second_of_day = ts.seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    );
-    let nanos = ts.nanos;
+    let second_of_day = second_of_day as u32;
+    // The range check above keeps the year within 1..=9999.
+    out.push(b'"');
+    push_digits(out, year as u32, 4);
+    out.push(b'-');
+    push_digits(out, month, 2);
+    out.push(b'-');
+    push_digits(out, day, 2);
+    out.push(b'T');
+    push_digits(out, second_of_day / 3600, 2);
+    out.push(b':');
+    push_digits(out, second_of_day / 60 % 60, 2);
+    out.push(b':');
+    push_digits(out, second_of_day % 60, 2);
+    let nanos = ts.nanos as u32;
     if nanos != 0 {
-        if nanos % 1_000_000 == 0 {
-            let _ = write!(out, ".{:03}", nanos / 1_000_000);
-        } else if nanos % 1_000 == 0 {
-            let _ = write!(out, ".{:06}", nanos / 1_000);
+        out.push(b'.');
+        if nanos.is_multiple_of(1_000_000) {
+            push_digits(out, nanos / 1_000_000, 3);
+        } else if nanos.is_multiple_of(1_000) {
+            push_digits(out, nanos / 1_000, 6);
         } else {
-            let _ = write!(out, ".{nanos:09}");
+            push_digits(out, nanos, 9);
         }
     }
     out.extend_from_slice(b"Z\"");
     Ok(())
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded (`format!("{value:0width$}")`
+/// for values below `10^width`, without the formatting machinery).
+fn push_digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for digit in out[start..].iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -509,6 +552,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
+
     use super::*;
 
     fn double(value: f64) -> String {
@@ -577,6 +622,49 @@ mod tests {
         assert_eq!(string("héllo ✓ \u{7f}"), "\"héllo ✓ \u{7f}\"");
     }
 
+    /// Go's `encoding/json` string escaping, one character at a time: the reference for the
+    /// word-at-a-time scan.
+    fn reference_string(value: &str) -> String {
+        let mut out = String::from("\"");
+        for c in value.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '<' | '>' | '&' | '\u{0}'..='\u{1f}' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_like_the_reference(
+            value in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => proptest::char::range('a', 'z'),
+                    1 => proptest::sample::select(vec![
+                        '"', '\\', '<', '>', '&', '\n', '\u{0}', '\u{1f}', '\u{7f}', ' ',
+                        '\u{2028}', '\u{2029}', '\u{2027}', '\u{202a}', '\u{20ac}', 'é',
+                        '\u{10348}', '\u{e2}',
+                    ]),
+                    1 => proptest::char::any(),
+                ],
+                0..40,
+            ).prop_map(|chars| chars.into_iter().collect::<String>())
+        ) {
+            proptest::prop_assert_eq!(string(&value), reference_string(&value));
+        }
+    }
+
     #[test]
     fn escapes_are_found_in_every_position() {
         for at in 0..20 {
@@ -618,6 +706,36 @@ mod tests {
             timestamp(951_782_400, 0).as_deref(),
             Ok("\"2000-02-29T00:00:00Z\"")
         );
+    }
+
+    proptest::proptest! {
+        /// The digits are written by hand; `format!` is the reference.
+        #[test]
+        fn timestamps_match_the_formatting_machinery(
+            seconds in MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS,
+            nanos in proptest::prop_oneof![
+                proptest::strategy::Just(0),
+                (0..1_000).prop_map(|ms| ms * 1_000_000),
+                (0..1_000_000).prop_map(|us| us * 1_000),
+                0..1_000_000_000,
+            ],
+        ) {
+            let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+            let second_of_day = seconds.rem_euclid(86_400);
+            let fraction = match nanos {
+                0 => String::new(),
+                n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
+                n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
+                n => format!(".{n:09}"),
+            };
+            let expected = format!(
+                "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z\"",
+                second_of_day / 3600,
+                second_of_day / 60 % 60,
+                second_of_day % 60
+            );
+            proptest::prop_assert_eq!(timestamp(seconds, nanos), Ok(expected));
+        }
     }
 
     #[test]
