@@ -18,7 +18,7 @@ use telemetry_gateway_proto::v1::record_events_request::Payload;
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequest, RecordEventsRequestMetadata};
 use telemetry_gateway_proto::wire::{EventView, RawPayload, RawRecordEventsRequest};
 use telemetry_gateway_proto::{migrate_legacy_metadata, render_event};
-use telemetry_gateway_server::pipeline::{EventPolicy, prepare_payload, summarize};
+use telemetry_gateway_server::pipeline::{AttributeNeed, EventPolicy, prepare_payload, summarize};
 use telemetry_gateway_server::skim::{Root, Shape, Skim, SkimError};
 use telemetry_gateway_server::{Source, SourceKind};
 use telemetry_gateway_sink::PublishOutcome;
@@ -160,7 +160,12 @@ pub fn record_events(data: &[u8]) {
         Some(RawPayload::Events(events)) => {
             let metadata = RecordEventsRequestMetadata::default();
             let source = source_for(&metadata);
-            let prepared = prepare_payload(&events, &source, &EventPolicy::default());
+            let prepared = prepare_payload(
+                &events,
+                &source,
+                &EventPolicy::default(),
+                AttributeNeed::Build,
+            );
             let (decoded, prepared) = match (decoded, prepared) {
                 (Ok(decoded), Ok(prepared)) => (decoded, prepared),
                 (Err(reference), Err(err)) => {

@@ -9,7 +9,7 @@ use telemetry_gateway_loadgen::events::{encoded_payload, realistic_event};
 use telemetry_gateway_proto::v1::{Event, RecordEventsRequest};
 use telemetry_gateway_proto::wire::RawEvents;
 use telemetry_gateway_proto::{migrate_legacy_metadata, render_event, validate_event};
-use telemetry_gateway_server::pipeline::{EventPolicy, attributes, prepare_payload};
+use telemetry_gateway_server::pipeline::{AttributeNeed, EventPolicy, attributes, prepare_payload};
 use telemetry_gateway_server::{Source, SourceKind};
 use telemetry_gateway_testkit::events::unlicensed_metadata;
 
@@ -92,8 +92,13 @@ fn per_event(c: &mut Criterion) {
     let raw = RawEvents::from_events(&events);
     group.bench_function("prepare_payload", |b| {
         b.iter(|| {
-            prepare_payload(black_box(&raw), &source, &EventPolicy::default())
-                .map(|prepared| prepared.events.len())
+            prepare_payload(
+                black_box(&raw),
+                &source,
+                &EventPolicy::default(),
+                AttributeNeed::Build,
+            )
+            .map(|prepared| prepared.events.len())
         })
     });
     group.finish();

@@ -2,6 +2,7 @@
 //! events → [`prepare_payload`] (migrate, validate, render, attributes) → sink →
 //! [`summarize`] (outcomes + source policy → acknowledged IDs, failures, drops).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
@@ -39,6 +40,28 @@ pub struct EventPolicy {
     pub reject_expired_licenses: bool,
     /// For licenses tagged `disable-telemetry-events-export`, forward only `cody`/`cody.*` events.
     pub enforce_export_tags: bool,
+}
+
+/// Whether prepared events carry their Pub/Sub attributes: only when a sink reads them
+/// ([`EventSink::reads_attributes`](telemetry_gateway_sink::EventSink::reads_attributes)), since
+/// building them costs about nine allocations per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeNeed {
+    /// Every prepared event gets its attributes.
+    Build,
+    /// Prepared events' attributes are left empty: no sink reads them.
+    Skip,
+}
+
+impl AttributeNeed {
+    /// What `sink` needs.
+    pub fn of(sink: &dyn telemetry_gateway_sink::EventSink) -> AttributeNeed {
+        if sink.reads_attributes() {
+            AttributeNeed::Build
+        } else {
+            AttributeNeed::Skip
+        }
+    }
 }
 
 /// Why an event was acknowledged without being published.
@@ -152,6 +175,7 @@ pub fn prepare_payload(
     events: &RawEvents,
     source: &Source,
     policy: &EventPolicy,
+    attributes: AttributeNeed,
 ) -> Result<PreparedPayload, DecodeError> {
     let cody_only = policy.enforce_export_tags
         && source.license().is_some_and(|license| {
@@ -166,7 +190,8 @@ pub fn prepare_payload(
     // The slot that speaks for each ID: its published event if there is one, else its first.
     // foldhash, randomly seeded per process: SipHash cost more than the rest of this loop, and
     // the seed keeps a sender from choosing colliding IDs.
-    let mut by_id: HashMap<String, usize, foldhash::fast::RandomState> =
+    // Keys borrow the IDs from the message buffer; only an event prost decoded owns its key.
+    let mut by_id: HashMap<Cow<'_, str>, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     // Every published event's payload, one after another: one buffer for the payload's events
     // rather than one per event; each event's `Bytes` is a slice of it. Sized for what the
@@ -179,17 +204,21 @@ pub fn prepare_payload(
     let mut ranges = Vec::with_capacity(events.len());
     for raw in events {
         let decoded: Event;
-        let mut event = match raw.view() {
-            Some(view) => view,
+        let (mut event, key) = match raw.view() {
+            Some(view) => {
+                let key = Cow::Borrowed(view.id);
+                (view, key)
+            }
             None => {
                 decoded = raw
                     .decode()
                     .map_err(|err| events.decode_error().unwrap_or(err))?;
-                EventView::from_event(&decoded)
+                let key = Cow::Owned(decoded.id.clone());
+                (EventView::from_event(&decoded), key)
             }
         };
         let index = prepared.slots.len();
-        let earlier = by_id.get(event.id).copied();
+        let earlier = by_id.get(&key).copied();
         let mut migrated = false;
         let mut disposition = match earlier {
             Some(earlier) if prepared.slots[earlier].disposition.is_publish() => {
@@ -202,7 +231,13 @@ pub fn prepare_payload(
             _ => {
                 event.migrate_legacy_metadata();
                 migrated = true;
-                match prepare_event(&event, source, &mut rendered, &mut prepared.message_sizes) {
+                match prepare_event(
+                    &event,
+                    source,
+                    attributes,
+                    &mut rendered,
+                    &mut prepared.message_sizes,
+                ) {
                     Ok((ready, range)) => {
                         prepared.events.push(ready);
                         ranges.push(range);
@@ -223,7 +258,7 @@ pub fn prepare_payload(
         };
         match earlier {
             None => {
-                by_id.insert(event.id.to_owned(), index);
+                by_id.insert(key, index);
             }
             Some(_) if disposition == Disposition::Duplicate => {}
             // The earlier events of this ID were not published: a published one takes over
@@ -232,7 +267,7 @@ pub fn prepare_payload(
                 let slot = &mut prepared.slots[earlier];
                 slot.disposition =
                     std::mem::replace(&mut slot.disposition, Disposition::Duplicate).superseded();
-                by_id.insert(event.id.to_owned(), index);
+                by_id.insert(key, index);
             }
             Some(_) => disposition = Disposition::Duplicate,
         }
@@ -288,7 +323,8 @@ pub fn prepare_single(
 ) -> Result<Result<PreparedEvent, OversizedSample>, String> {
     migrate_legacy_metadata(&mut event);
     let mut rendered = Vec::new();
-    match prepare_event(&EventView::from_event(&event), source, &mut rendered, sizes) {
+    let view = EventView::from_event(&event);
+    match prepare_event(&view, source, AttributeNeed::Build, &mut rendered, sizes) {
         Ok((mut ready, _)) => {
             ready.payload = Bytes::from(rendered);
             Ok(Ok(ready))
@@ -313,6 +349,7 @@ fn is_cody_feature(feature: &str) -> bool {
 fn prepare_event(
     event: &EventView<'_>,
     source: &Source,
+    attributes: AttributeNeed,
     out: &mut Vec<u8>,
     sizes: &mut Vec<usize>,
 ) -> Result<(PreparedEvent, Range<usize>), Disposition> {
@@ -345,7 +382,10 @@ fn prepare_event(
         action: event.action.to_owned(),
         timestamp: event.timestamp.unwrap_or_default(),
         payload: Bytes::new(),
-        attributes: view_attributes(event, source),
+        attributes: match attributes {
+            AttributeNeed::Build => view_attributes(event, source),
+            AttributeNeed::Skip => Attributes::new(),
+        },
     };
     Ok((prepared, start..out.len()))
 }

@@ -2,15 +2,20 @@
 //! §9).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use prost_types::Struct;
 use telemetry_gateway_proto::v1::{Event, EventParameters};
 use telemetry_gateway_proto::wire::RawEvents;
 use telemetry_gateway_server::pipeline::{
-    BatchResult, EventPolicy, PreparedPayload, Summary, attributes, prepare_payload, summarize,
+    AttributeNeed, BatchResult, EventPolicy, PreparedPayload, Summary, attributes, prepare_payload,
+    summarize,
 };
 use telemetry_gateway_server::{Source, SourceKind};
-use telemetry_gateway_sink::{FailureCause, PublishOutcome};
+use telemetry_gateway_sink::{
+    DiscardSink, EventSink, FailureCause, FanoutSink, FileSink, FileSinkConfig, LogSink, Measured,
+    PublishOutcome, SinkMetrics,
+};
 use telemetry_gateway_testkit::events::{
     managed_metadata, simple_event, simple_events, unlicensed_metadata,
 };
@@ -138,6 +143,56 @@ fn managed_services_are_published_under_their_service_id() {
     assert_eq!(attrs["publisher.source"], "svc");
 }
 
+#[test]
+fn attributes_are_built_only_when_a_sink_reads_them() {
+    let mut event = simple_event("e1");
+    if let Some(parameters) = event.parameters.as_mut() {
+        parameters
+            .metadata
+            .insert("recordsPrivateMetadataTranscript".to_string(), 1.0);
+    }
+    let events = vec![event];
+    let raw = RawEvents::from_events(&events);
+    let policy = EventPolicy::default();
+    let built = prepare_payload(&raw, &unlicensed(), &policy, AttributeNeed::Build);
+    let skipped = prepare_payload(&raw, &unlicensed(), &policy, AttributeNeed::Skip);
+    let (Ok(built), Ok(skipped)) = (built, skipped) else {
+        panic!("events decode")
+    };
+    assert_eq!(
+        built.events[0].attributes,
+        attributes(&events[0], &unlicensed())
+    );
+    assert_eq!(built.events[0].attributes.len(), 5);
+    assert!(skipped.events[0].attributes.is_empty());
+    // Everything else is the same.
+    let mut without = built.events[0].clone();
+    without.attributes.clear();
+    assert_eq!(skipped.events[0], without);
+
+    // The file and discard sinks write payloads only; the others, and a fan-out including one
+    // of them, read attributes.
+    let file_dir = tempfile::tempdir().expect("temporary directory");
+    let file = FileSink::open(FileSinkConfig {
+        dir: file_dir.path().to_path_buf(),
+        ..FileSinkConfig::default()
+    })
+    .expect("file sink");
+    let file: Arc<dyn EventSink> = Arc::new(Measured::new(
+        file,
+        SinkMetrics::new(&opentelemetry::global::meter("test")),
+    ));
+    let discard: Arc<dyn EventSink> = Arc::new(DiscardSink::new());
+    let log: Arc<dyn EventSink> = Arc::new(LogSink::new());
+    assert_eq!(AttributeNeed::of(file.as_ref()), AttributeNeed::Skip);
+    assert_eq!(AttributeNeed::of(&discard), AttributeNeed::Skip);
+    assert_eq!(AttributeNeed::of(log.as_ref()), AttributeNeed::Build);
+    let both = FanoutSink::new(vec![Arc::clone(&file), Arc::clone(&discard)]);
+    assert_eq!(AttributeNeed::of(&both), AttributeNeed::Skip);
+    let with_log = FanoutSink::new(vec![file, log]);
+    assert_eq!(AttributeNeed::of(&with_log), AttributeNeed::Build);
+}
+
 fn summarize_with(
     source: &Source,
     events: Vec<Event>,
@@ -150,7 +205,13 @@ fn summarize_with(
 
 /// Prepares `events` as the server does: from their wire bytes.
 fn prepare(events: Vec<Event>, source: &Source, policy: &EventPolicy) -> PreparedPayload {
-    prepare_payload(&RawEvents::from_events(&events), source, policy).expect("events decode")
+    prepare_payload(
+        &RawEvents::from_events(&events),
+        source,
+        policy,
+        AttributeNeed::Build,
+    )
+    .expect("events decode")
 }
 
 /// The summary as a reviewer reads it, for inline snapshots: the result and its message, then

@@ -67,6 +67,10 @@ impl EventSink for FanoutSink {
         format!("all of: {}", parts.join("; "))
     }
 
+    fn reads_attributes(&self) -> bool {
+        self.sinks.iter().any(|sink| sink.reads_attributes())
+    }
+
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         let per_sink = join_all(self.sinks.iter().map(|sink| sink.publish(events))).await;
         (0..events.len())

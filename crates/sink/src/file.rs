@@ -278,6 +278,11 @@ impl EventSink for FileSink {
             .collect()
     }
 
+    /// A line is the payload alone.
+    fn reads_attributes(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         format!(
             "NDJSON files under {} (rotated at {})",

@@ -108,6 +108,10 @@ impl<S: EventSink> EventSink for Measured<S> {
         self.inner.describe()
     }
 
+    fn reads_attributes(&self) -> bool {
+        self.inner.reads_attributes()
+    }
+
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         let started = Instant::now();
         let outcomes = self.inner.publish(events).await;

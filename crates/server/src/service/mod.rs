@@ -33,7 +33,7 @@ use crate::managed::ManagedServiceAuthorizer;
 use crate::metrics::Metrics;
 use crate::payload_log::{CANCELED, bounded, log_summary};
 use crate::pipeline::{
-    EventPolicy, PreparedPayload, Summary, prepare_payload, summarize, take_refusals,
+    AttributeNeed, EventPolicy, PreparedPayload, Summary, prepare_payload, summarize, take_refusals,
 };
 use crate::rate_limit::RateLimiter;
 use crate::source::{Source, SourceKind, with_fingerprinted_license_key};
@@ -55,6 +55,8 @@ pub struct EventGateway {
     licenses: LicenseVerifier,
     managed: Arc<dyn ManagedServiceAuthorizer>,
     policy: EventPolicy,
+    /// Whether the sink reads events' attributes (asked once, when the gateway is composed).
+    attributes: AttributeNeed,
     lifecycle: Lifecycle,
     metrics: Metrics,
     budget: InflightBudget,
@@ -73,6 +75,7 @@ impl EventGateway {
         policy: EventPolicy,
     ) -> EventGateway {
         EventGateway {
+            attributes: AttributeNeed::of(sink.as_ref()),
             sink,
             licenses,
             managed,
@@ -335,15 +338,15 @@ impl EventGateway {
         source: &Source,
     ) -> Result<PreparedPayload, DecodeError> {
         if events.len() < PREPARE_INLINE_EVENTS && events.encoded_len() < PREPARE_INLINE_BYTES {
-            return prepare_payload(&events, source, &self.policy);
+            return prepare_payload(&events, source, &self.policy, self.attributes);
         }
         let Ok(_turn) = self.preparers.acquire().await else {
             // The semaphore is never closed.
             return Ok(PreparedPayload::default());
         };
-        let (source, policy) = (source.clone(), self.policy);
-        match tokio::task::spawn_blocking(move || prepare_payload(&events, &source, &policy)).await
-        {
+        let (source, policy, attributes) = (source.clone(), self.policy, self.attributes);
+        let prepare = move || prepare_payload(&events, &source, &policy, attributes);
+        match tokio::task::spawn_blocking(prepare).await {
             Ok(prepared) => prepared,
             Err(err) => {
                 // Nothing is acknowledged: the sender retries the payload.
