@@ -788,7 +788,10 @@ async fn the_writer_thread_is_a_batch_thread() {
         }
         let stat = fs::read_to_string(task.join("stat")).expect("the thread's stat");
         // Fields after the command's closing parenthesis start at field 3; the policy is 41.
-        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        let after_comm = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
         let policy = after_comm.split_whitespace().nth(41 - 3);
         policies.push(policy.and_then(|policy| policy.parse::<u32>().ok()));
     }
