@@ -167,7 +167,6 @@ impl FileSink {
         thread::Builder::new()
             .name("file-sink-writer".to_string())
             .spawn(move || {
-                schedule_as_batch();
                 writer.run(batches);
                 let _ = done.send(());
             })
@@ -332,36 +331,6 @@ impl EventSink for FileSink {
         }
     }
 }
-
-/// Makes the calling thread (the writer) a batch thread, Linux's `SCHED_BATCH` at the default
-/// niceness: when it wakes (a batch queued, an fsync done) it does not preempt the thread that
-/// is running, usually an async worker preparing the next payload, but runs when that one
-/// blocks or its time slice ends. On a busy core that saves a pair of context switches per
-/// group and lets groups grow (docs/performance.md: about 5 % less CPU per event through this
-/// sink); on an idle core it changes nothing. Where the policy cannot be set (a sandbox
-/// without the system call, another system), the writer keeps the default one.
-#[cfg(target_os = "linux")]
-fn schedule_as_batch() {
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_native_id,
-    };
-    use thread_priority::{ThreadPriority, ThreadPriorityOsValue};
-
-    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
-    let default_niceness = ThreadPriority::Os(ThreadPriorityOsValue::default());
-    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), default_niceness, batch)
-    {
-        tracing::debug!(
-            sink = NAME,
-            ?error,
-            "the writer thread keeps the default scheduling policy"
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn schedule_as_batch() {}
 
 /// Reports what the start-up repair changed: each cut or removal is a warning, since it means
 /// the previous process stopped while writing.

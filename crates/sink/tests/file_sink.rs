@@ -767,39 +767,3 @@ async fn files_left_unfinished_by_a_crash_are_repaired_at_start() {
     }
     assert_complete_ndjson(&events_dir);
 }
-
-/// The writer thread runs as `SCHED_BATCH` (it does not preempt the async workers when it
-/// wakes); see `schedule_as_batch` in the sink.
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn the_writer_thread_is_a_batch_thread() {
-    const SCHED_BATCH: u32 = 3;
-    let dir = TempDir::new().expect("temporary directory");
-    let sink = open(&dir);
-    // The writer has started (and set its policy) once a batch was delivered.
-    assert!(all_delivered(&sink.publish(&events("batch", 1)).await));
-
-    let mut policies = Vec::new();
-    for task in fs::read_dir("/proc/self/task").expect("the process's threads") {
-        let task = task.expect("a thread").path();
-        let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim_end() != "file-sink-write" {
-            continue;
-        }
-        let stat = fs::read_to_string(task.join("stat")).expect("the thread's stat");
-        // Fields after the command's closing parenthesis start at field 3; the policy is 41.
-        let after_comm = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        let policy = after_comm.split_whitespace().nth(41 - 3);
-        policies.push(policy.and_then(|policy| policy.parse::<u32>().ok()));
-    }
-    assert!(!policies.is_empty(), "no writer thread found");
-    // Other tests' sinks in this process have writers too: every one of them is a batch thread.
-    assert!(
-        policies.iter().all(|policy| *policy == Some(SCHED_BATCH)),
-        "{policies:?}"
-    );
-    sink.shutdown().await.expect("shut down");
-}
