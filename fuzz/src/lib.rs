@@ -201,6 +201,42 @@ pub fn record_events(data: &[u8]) {
                 assert_within_pubsub_limits(&attributes);
             }
             let outcomes = vec![PublishOutcome::Delivered; prepared.events.len()];
+            // Without attributes (no sink reads them) everything else is the same.
+            let skipped = prepare_payload(
+                &events,
+                &source,
+                &EventPolicy::default(),
+                AttributeNeed::Skip,
+            )
+            .unwrap_or_else(|err| panic!("prepared once, refused without attributes: {err}"));
+            let without: Vec<_> = prepared
+                .events
+                .iter()
+                .cloned()
+                .map(|mut event| {
+                    event.attributes.clear();
+                    event
+                })
+                .collect();
+            assert_eq!(
+                skipped.events, without,
+                "the same events without attributes"
+            );
+            assert_eq!(
+                summarize(skipped, &outcomes, &source),
+                summarize(
+                    prepare_payload(
+                        &events,
+                        &source,
+                        &EventPolicy::default(),
+                        AttributeNeed::Build
+                    )
+                    .unwrap_or_else(|err| panic!("prepared once, refused twice: {err}")),
+                    &outcomes,
+                    &source
+                ),
+                "the same summary without attributes"
+            );
             let summary = summarize(prepared, &outcomes, &source);
             let mut seen = std::collections::HashSet::new();
             for id in &summary.succeeded {

@@ -395,9 +395,11 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
-/// Whether any of the eight bytes of `word` has a non-zero [`ESCAPE`] entry (a control
-/// character, `"`, `\\`, `<`, `>`, `&` or `0xE2`), tested on the whole word at once.
-fn needs_attention(word: u64) -> bool {
+/// Which of the eight bytes of `word` (little-endian) have a non-zero [`ESCAPE`] entry (a
+/// control character, `"`, `\\`, `<`, `>`, `&` or `0xE2`), tested on the whole word at once: the
+/// mask's lowest set bit is the high bit of the first such byte (exact: a borrow only starts at
+/// a matching byte and only moves up), and the mask is zero when there is none.
+fn attention_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Some byte is zero (exact as a yes/no answer: a borrow only starts at a zero byte).
@@ -405,8 +407,7 @@ fn needs_attention(word: u64) -> bool {
     // Some byte is below 0x20 (bytes of 0x80 and above are excluded by `!word`).
     let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
     let equal = |byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
-    (control | equal(b'"') | equal(b'\\') | equal(b'<') | equal(b'>') | equal(b'&') | equal(0xE2))
-        != 0
+    control | equal(b'"') | equal(b'\\') | equal(b'<') | equal(b'>') | equal(b'&') | equal(0xE2)
 }
 
 /// Writes a JSON string as Go's protojson + `encoding/json` compaction would.
@@ -418,10 +419,12 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Eight bytes at a time while none of them needs attention (most text).
-        while let Some(word) = bytes.get(i..i + 8) {
-            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            if needs_attention(word) {
+        // Eight bytes at a time while none of them needs attention (most text), then straight
+        // to the first one that does.
+        while let Some(word) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+            let mask = attention_mask(u64::from_le_bytes(*word));
+            if mask != 0 {
+                i += (mask.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -646,6 +649,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The word test finds exactly the first byte the table flags, or none.
+        #[test]
+        fn the_word_test_finds_the_first_flagged_byte(
+            bytes in proptest::array::uniform8(proptest::prop_oneof![
+                3 => 0x20u8..0x7F,
+                1 => proptest::sample::select(vec![0u8, 0x1F, b'"', b'\\', b'<', b'>', b'&', 0xE2, 0xE1, 0xE3, 0x80, 0xFF]),
+                1 => proptest::num::u8::ANY,
+            ])
+        ) {
+            let mask = attention_mask(u64::from_le_bytes(bytes));
+            let first = bytes.iter().position(|&b| ESCAPE[b as usize] != 0);
+            let found = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
+            proptest::prop_assert_eq!(found, first, "{:?}", bytes);
+        }
+
         #[test]
         fn strings_are_escaped_like_the_reference(
             value in proptest::collection::vec(

@@ -101,6 +101,18 @@ fn per_event(c: &mut Criterion) {
             .map(|prepared| prepared.events.len())
         })
     });
+    // As for the file and discard sinks, which read no attributes.
+    group.bench_function("prepare_payload_without_attributes", |b| {
+        b.iter(|| {
+            prepare_payload(
+                black_box(&raw),
+                &source,
+                &EventPolicy::default(),
+                AttributeNeed::Skip,
+            )
+            .map(|prepared| prepared.events.len())
+        })
+    });
     group.finish();
 }
 

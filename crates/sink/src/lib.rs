@@ -1,7 +1,8 @@
 //! Where events go once the gateway has accepted them.
 //!
 //! This crate owns the [`EventSink`] seam and its backends. A sink receives a batch of
-//! [`PreparedEvent`]s (the exact payload bytes to deliver, their attributes and IDs) and returns one
+//! [`PreparedEvent`]s (the exact payload bytes to deliver, their IDs and, for the sinks that read
+//! them, their attributes) and returns one
 //! [`PublishOutcome`] per event, in the same order. The gateway acknowledges an event to its sender
 //! only when the outcome is [`PublishOutcome::Delivered`], so a sink must never report delivery
 //! before the event is durably handed off.
@@ -50,7 +51,8 @@ pub struct PreparedEvent {
     pub timestamp: prost_types::Timestamp,
     /// The compact JSON payload `{"event":...,"metadata":...}`, delivered as-is.
     pub payload: Bytes,
-    /// The message attributes (`publisher.source`, `event.feature`, ...).
+    /// The message attributes (`publisher.source`, `event.feature`, ...). Empty when no sink of
+    /// the gateway reads them ([`EventSink::reads_attributes`]).
     pub attributes: Attributes,
 }
 
