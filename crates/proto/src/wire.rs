@@ -97,7 +97,7 @@ impl RawRecordEventsRequest {
         let mut reader = Reader::new(message);
         let mut plain = Plain::Empty;
         let mut seen = false;
-        while let Some((tag, wire_type)) = reader.key().ok()? {
+        while let Some((tag, wire_type)) = reader.key()? {
             match tag {
                 1 | 2 => {
                     if seen || wire_type != WireType::LengthDelimited {
@@ -123,7 +123,7 @@ fn events_ranges(message: &[u8], range: Range<usize>) -> Option<Vec<Range<usize>
     let offset = range.start;
     let mut reader = Reader::new(&message[range]);
     let mut events = Vec::new();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match (tag, wire_type) {
             (1, WireType::LengthDelimited) => {
                 let event = reader.range()?;
@@ -321,7 +321,7 @@ impl<'a> EventView<'a> {
     pub fn parse(bytes: &'a [u8]) -> Option<EventView<'a>> {
         let mut reader = Reader::new(bytes);
         let mut event = EventView::default();
-        while let Some((tag, wire_type)) = reader.key().ok()? {
+        while let Some((tag, wire_type)) = reader.key()? {
             match tag {
                 1 => event.id = reader.string(wire_type)?,
                 2 => once(&mut event.timestamp, reader.message(wire_type)?, timestamp)?,
@@ -535,7 +535,7 @@ fn once<'a, T>(
 
 fn timestamp(mut reader: Reader<'_>) -> Option<Timestamp> {
     let mut timestamp = Timestamp::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => timestamp.seconds = reader.varint(wire_type)? as i64,
             2 => timestamp.nanos = reader.varint(wire_type)? as i32,
@@ -549,7 +549,7 @@ fn timestamp(mut reader: Reader<'_>) -> Option<Timestamp> {
 /// `EventInteraction.Geolocation.country_code`): that string (default `""`).
 fn first_string(mut reader: Reader<'_>) -> Option<&str> {
     let mut value = "";
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => value = reader.string(wire_type)?,
             _ => reader.skip(tag, wire_type)?,
@@ -560,7 +560,7 @@ fn first_string(mut reader: Reader<'_>) -> Option<&str> {
 
 fn source(mut reader: Reader<'_>) -> Option<SourceView<'_>> {
     let mut source = SourceView::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => once(&mut source.server, reader.message(wire_type)?, first_string)?,
             2 => once(
@@ -568,7 +568,7 @@ fn source(mut reader: Reader<'_>) -> Option<SourceView<'_>> {
                 reader.message(wire_type)?,
                 |mut reader| {
                     let mut client = ClientView::default();
-                    while let Some((tag, wire_type)) = reader.key().ok()? {
+                    while let Some((tag, wire_type)) = reader.key()? {
                         match tag {
                             1 => client.name = reader.string(wire_type)?,
                             2 => client.version = Some(reader.string(wire_type)?),
@@ -586,7 +586,7 @@ fn source(mut reader: Reader<'_>) -> Option<SourceView<'_>> {
 
 fn parameters(mut reader: Reader<'_>) -> Option<ParametersView<'_>> {
     let mut parameters = ParametersView::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => parameters.version = reader.varint(wire_type)? as i32,
             2 => {
@@ -609,7 +609,7 @@ fn parameters(mut reader: Reader<'_>) -> Option<ParametersView<'_>> {
                 reader.message(wire_type)?,
                 |mut reader| {
                     let (mut product, mut category) = ("", "");
-                    while let Some((tag, wire_type)) = reader.key().ok()? {
+                    while let Some((tag, wire_type)) = reader.key()? {
                         match tag {
                             1 => product = reader.string(wire_type)?,
                             2 => category = reader.string(wire_type)?,
@@ -629,7 +629,7 @@ fn parameters(mut reader: Reader<'_>) -> Option<ParametersView<'_>> {
 
 fn user(mut reader: Reader<'_>) -> Option<UserView<'_>> {
     let mut user = UserView::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => user.user_id = Some(reader.varint(wire_type)? as i64),
             2 => user.anonymous_user_id = Some(reader.string(wire_type)?),
@@ -642,7 +642,7 @@ fn user(mut reader: Reader<'_>) -> Option<UserView<'_>> {
 
 fn feature_flags(mut reader: Reader<'_>) -> Option<Vec<(&str, &str)>> {
     let mut flags = Vec::new();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => flags.push(map_entry(reader.message(wire_type)?, "", Reader::string)?),
             _ => reader.skip(tag, wire_type)?,
@@ -654,7 +654,7 @@ fn feature_flags(mut reader: Reader<'_>) -> Option<Vec<(&str, &str)>> {
 
 fn marketing_tracking(mut reader: Reader<'_>) -> Option<MarketingTrackingView<'_>> {
     let mut tracking = MarketingTrackingView::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1..=8 => tracking.fields[tag as usize - 1] = Some(reader.string(wire_type)?),
             _ => reader.skip(tag, wire_type)?,
@@ -665,7 +665,7 @@ fn marketing_tracking(mut reader: Reader<'_>) -> Option<MarketingTrackingView<'_
 
 fn interaction(mut reader: Reader<'_>) -> Option<InteractionView<'_>> {
     let mut interaction = InteractionView::default();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => interaction.trace_id = Some(reader.string(wire_type)?),
             2 => interaction.interaction_id = Some(reader.string(wire_type)?),
@@ -686,12 +686,12 @@ fn struct_view(mut reader: Reader<'_>, depth: usize) -> Option<StructView<'_>> {
         return None;
     }
     let mut fields = Vec::new();
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => {
                 let mut entry = Reader::new(reader.message(wire_type)?);
                 let (mut key, mut value) = ("", None);
-                while let Some((tag, wire_type)) = entry.key().ok()? {
+                while let Some((tag, wire_type)) = entry.key()? {
                     match tag {
                         1 => key = entry.string(wire_type)?,
                         2 => once(&mut value, entry.message(wire_type)?, |reader| {
@@ -716,7 +716,7 @@ fn value_view(mut reader: Reader<'_>, depth: usize) -> Option<ValueView<'_>> {
         return None;
     }
     let mut value = None;
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         let kind = match tag {
             1 => {
                 reader.varint(wire_type)?;
@@ -732,7 +732,7 @@ fn value_view(mut reader: Reader<'_>, depth: usize) -> Option<ValueView<'_>> {
             6 => {
                 let mut list = Reader::new(reader.message(wire_type)?);
                 let mut values = Vec::new();
-                while let Some((tag, wire_type)) = list.key().ok()? {
+                while let Some((tag, wire_type)) = list.key()? {
                     match tag {
                         1 => values.push(value_view(
                             Reader::new(list.message(wire_type)?),
@@ -764,7 +764,7 @@ fn map_entry<'a, V: Copy>(
 ) -> Option<(&'a str, V)> {
     let mut reader = Reader::new(bytes);
     let (mut key, mut value) = ("", default);
-    while let Some((tag, wire_type)) = reader.key().ok()? {
+    while let Some((tag, wire_type)) = reader.key()? {
         match tag {
             1 => key = reader.string(wire_type)?,
             2 => value = read_value(&mut reader, wire_type)?,
@@ -808,12 +808,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next field's key, `Ok(None)` at the end.
-    fn key(&mut self) -> Result<Option<(u32, WireType)>, DecodeError> {
-        if self.buf.is_empty() {
-            return Ok(None);
+    /// The next field's key: `Some(None)` at the end, `None` where prost's `decode_key` fails.
+    /// Inlined, with a fast path for the one-byte keys of field numbers 1 to 15 (nearly every
+    /// key), and prost's own `decode_key` for the rest, so the verdict is always prost's.
+    #[inline(always)]
+    fn key(&mut self) -> Option<Option<(u32, WireType)>> {
+        let Some((&first, rest)) = self.buf.split_first() else {
+            return Some(None);
+        };
+        if (8..0x80).contains(&first)
+            && let Ok(wire_type) = WireType::try_from(u64::from(first & 7))
+        {
+            self.buf = rest;
+            return Some(Some((u32::from(first >> 3), wire_type)));
         }
-        decode_key(&mut self.buf).map(Some)
+        decode_key(&mut self.buf).ok().map(Some)
     }
 
     fn varint(&mut self, wire_type: WireType) -> Option<u64> {
