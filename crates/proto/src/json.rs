@@ -396,7 +396,7 @@ static ESCAPE: [u8; 256] = {
 };
 
 /// Which of the eight bytes of `word` (little-endian) have a non-zero [`ESCAPE`] entry (a
-/// control character, `"`, `\\`, `<`, `>`, `&` or `0xE2`), tested on the whole word at once: the
+/// control character, `"`, `\`, `<`, `>`, `&` or `0xE2`), tested on the whole word at once: the
 /// mask's lowest set bit is the high bit of the first such byte (exact: a borrow only starts at
 /// a matching byte and only moves up), and the mask is zero when there is none.
 fn attention_mask(word: u64) -> u64 {

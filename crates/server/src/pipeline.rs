@@ -166,7 +166,8 @@ impl PreparedPayload {
 }
 
 /// Migrates, validates and renders every event of a payload, in order, reading each from its
-/// wire bytes (`wire::EventView`; prost decodes what that does not read).
+/// wire bytes (`wire::EventView`; prost decodes what that does not read). Each prepared event
+/// gets its Pub/Sub attributes when `attributes` says a sink reads them.
 ///
 /// An event that does not decode at all fails the whole payload with prost's error for the
 /// request, before anything is published: what the sender was told when requests were decoded
