@@ -390,13 +390,8 @@ impl Skim {
             .checked_add(len)
             .filter(|&end| end <= parent.end)
             .ok_or(SkimError::Malformed("a field runs past its message"))?;
-        let child = self.child_kind(parent.kind, field);
-        let Some(child) = child else {
-            self.state = if len == 0 { TAG } else { State::Skip(len) };
-            if len == 0 {
-                self.pop_finished()?;
-            }
-            return Ok(());
+        let Some(child) = self.child_kind(parent.kind, field) else {
+            return self.skip_body(len);
         };
         self.shape.messages += 1;
         if self.table.kinds[child].is_event {
@@ -409,16 +404,23 @@ impl Skim {
             return Err(SkimError::Malformed("messages nested too deeply"));
         }
         if self.table.kinds[child].leaf {
-            self.state = if len == 0 { TAG } else { State::Skip(len) };
-            return if len == 0 {
-                self.pop_finished()
-            } else {
-                Ok(())
-            };
+            return self.skip_body(len);
         }
         self.stack.push(Frame { kind: child, end });
         self.state = TAG;
         self.pop_finished()
+    }
+
+    /// Passes over a field's `len` bytes without reading them (a scalar field's bytes, or a
+    /// message that holds no messages).
+    fn skip_body(&mut self, len: u64) -> Result<(), SkimError> {
+        if len == 0 {
+            self.state = TAG;
+            self.pop_finished()
+        } else {
+            self.state = State::Skip(len);
+            Ok(())
+        }
     }
 
     /// The message type of field `field` of a message of type `kind`, if it is a message field.
