@@ -767,3 +767,129 @@ async fn files_left_unfinished_by_a_crash_are_repaired_at_start() {
     }
     assert_complete_ndjson(&events_dir);
 }
+
+/// The bytes of disk `path` takes: its allocated blocks, reserved ones included.
+#[cfg(target_os = "linux")]
+fn allocated_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).expect("metadata").blocks() * 512
+}
+
+/// What the file sink reserves ahead of a file's end at a time (8 MiB).
+#[cfg(target_os = "linux")]
+const RESERVE_STEP: u64 = 8 * 1024 * 1024;
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn space_is_reserved_ahead_of_the_file_and_given_back_when_it_is_finished() {
+    let dir = TempDir::new().expect("temp dir");
+    let sink = open(&dir);
+    let batch = events("reserved", 20);
+    assert!(all_delivered(&sink.publish(&batch).await));
+    let path = sink.current_path().expect("a current file");
+
+    let len = fs::metadata(&path).expect("metadata").len();
+    assert_eq!(
+        len,
+        lines_of(&batch).len() as u64,
+        "the length is the lines'"
+    );
+    assert!(
+        allocated_bytes(&path) >= RESERVE_STEP,
+        "an open file has {RESERVE_STEP} bytes reserved ahead of its end, {} has {} (does the \
+         file system under {} support fallocate?)",
+        path.display(),
+        allocated_bytes(&path),
+        dir.path().display()
+    );
+
+    sink.shutdown().await.expect("shutdown");
+    assert!(is_sealed(&path));
+    assert!(
+        allocated_bytes(&path) <= 64 * 1024,
+        "a finished file gives its reserved space back: {} bytes allocated for {len}",
+        allocated_bytes(&path)
+    );
+    assert_eq!(stored_bytes(sink.dir()), lines_of(&batch));
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn no_more_is_reserved_than_the_rotation_size() {
+    let dir = TempDir::new().expect("temp dir");
+    let max_file_bytes = 100 * 1024;
+    let sink = FileSink::open(FileSinkConfig {
+        max_file_bytes,
+        ..config(&dir)
+    })
+    .expect("open the file sink");
+    assert!(all_delivered(&sink.publish(&events("small", 3)).await));
+    let path = sink.current_path().expect("a current file");
+
+    let allocated = allocated_bytes(&path);
+    assert!(
+        (max_file_bytes..max_file_bytes + 64 * 1024).contains(&allocated),
+        "reserved up to the rotation size ({max_file_bytes}), not beyond: {allocated}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_system_that_cannot_reserve_space_loses_nothing_and_is_asked_once_per_file() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    faults.fail_reserves(true);
+
+    let mut published = Vec::new();
+    for round in 0..5 {
+        let batch = events(&format!("unreserved{round}"), 4);
+        assert!(all_delivered(&sink.publish(&batch).await));
+        published.extend(batch);
+    }
+    sink.shutdown().await.expect("shutdown");
+
+    assert_eq!(stored_bytes(sink.dir()), lines_of(&published));
+    let reserves = faults
+        .steps()
+        .iter()
+        .filter(|step| **step == Step::Reserve)
+        .count();
+    assert_eq!(
+        reserves, 1,
+        "after a failure the file grows as it is written"
+    );
+    assert!(
+        !faults.steps().contains(&Step::Release),
+        "nothing to give back"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn space_reserved_by_a_crashed_run_is_given_back_at_start() {
+    use rustix::fs::{FallocateFlags, fallocate};
+
+    let dir = TempDir::new().expect("temp dir");
+    let events_dir = dir.path().join("events");
+    fs::create_dir_all(&events_dir).expect("mkdir");
+    let good = "{\"event\":{\"id\":\"a\"}}\n";
+    let path = events_dir.join("events-20260101T000000Z-1-000001.ndjson");
+    fs::write(&path, good).expect("write");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    fallocate(&file, FallocateFlags::KEEP_SIZE, 0, RESERVE_STEP).expect("fallocate");
+    drop(file);
+    assert!(allocated_bytes(&path) >= RESERVE_STEP);
+
+    let sink = open(&dir);
+    sink.shutdown().await.expect("shutdown");
+
+    assert_eq!(fs::read_to_string(&path).expect("read"), good);
+    assert!(is_sealed(&path));
+    assert!(
+        allocated_bytes(&path) <= 64 * 1024,
+        "{} bytes still allocated",
+        allocated_bytes(&path)
+    );
+}

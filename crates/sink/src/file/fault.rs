@@ -2,7 +2,8 @@
 //!
 //! Root ignores file permissions and loop devices are rarely at hand, so the failure paths of the
 //! file sink are exercised by switching faults on here rather than by breaking a real disk. Every
-//! step the writer takes goes through here (create, write, fsync, truncate, directory fsync), and
+//! step the writer takes goes through here (create, reserve, write, fsync, truncate, release,
+//! directory fsync), and
 //! each can be made to fail; the steps taken are recorded so that tests can check their order
 //! (a truncation is made durable before anything else happens, say).
 
@@ -25,12 +26,16 @@ const MAX_LINES_PER_WRITE: usize = 512;
 pub enum Step {
     /// A new event file was created.
     Create,
+    /// Disk space was reserved ahead of the file's end.
+    Reserve,
     /// Lines were appended.
     Write,
     /// A file's data was fsynced.
     Sync,
     /// A file was cut back to its delivered length.
     Truncate,
+    /// The space reserved past a finished file's end was given back.
+    Release,
     /// The directory's entries were fsynced.
     SyncDir,
 }
@@ -43,6 +48,7 @@ pub struct FaultInjection(Arc<Switches>);
 #[derive(Debug, Default)]
 struct Switches {
     fail_creates: AtomicBool,
+    fail_reserves: AtomicBool,
     fail_writes: AtomicBool,
     /// How many of the next file fsyncs fail (`u64::MAX`: all of them).
     failing_syncs: AtomicU64,
@@ -65,6 +71,12 @@ impl FaultInjection {
     /// While on, creating an event file (at start or at rotation) fails.
     pub fn fail_creates(&self, on: bool) {
         self.0.fail_creates.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, reserving disk space ahead of a file's end fails (as on a file system without
+    /// `fallocate`).
+    pub fn fail_reserves(&self, on: bool) {
+        self.0.fail_reserves.store(on, Ordering::SeqCst);
     }
 
     /// While on, each write stores half its bytes and then fails as if the disk were full.
@@ -129,6 +141,22 @@ impl FaultInjection {
         // Append mode: after a failed group is cut off with `set_len`, the next write lands at
         // the new end without any seeking.
         OpenOptions::new().append(true).create_new(true).open(path)
+    }
+
+    /// Reserves disk blocks for `len` bytes of `file` from `offset` on, without changing its
+    /// length: appends into them allocate nothing (the file system's delayed allocation costs
+    /// more, per block, than the copy itself).
+    pub(super) fn reserve(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        self.record(Step::Reserve);
+        Self::injected(&self.0.fail_reserves, "cannot reserve space")?;
+        reserve(file, offset, len)
+    }
+
+    /// Gives back the blocks reserved past `file`'s end (`len`, its length): cutting a file to
+    /// its own length frees them.
+    pub(super) fn release(&self, file: &File, len: u64) -> io::Result<()> {
+        self.record(Step::Release);
+        file.set_len(len)
     }
 
     /// Appends each of `lines` to `file`, each followed by a line break, with as few system
@@ -207,6 +235,19 @@ impl FaultInjection {
         Self::injected(&self.0.fail_dir_syncs, "cannot fsync the directory")?;
         sync_dir(dir)
     }
+}
+
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    fallocate(file, FallocateFlags::KEEP_SIZE, offset, len).map_err(io::Error::from)
+}
+
+/// Reserving space without changing a file's length is Linux's `fallocate`; elsewhere files
+/// grow as they are written.
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 #[cfg(unix)]

@@ -27,6 +27,11 @@ static NEXT_PROBE: AtomicU64 = AtomicU64::new(1);
 /// same process ID, as PID 1 in a container, finds the names of the previous run taken).
 const NAME_ATTEMPTS: usize = 100_000;
 
+/// How much disk space the writer reserves ahead of a file's end at a time: appends into reserved
+/// space allocate no blocks, which saves about a quarter of the kernel's time per write on ext4
+/// (docs/performance.md). Given back when the file is finished.
+pub(super) const RESERVE_STEP: u64 = 8 * 1024 * 1024;
+
 /// One open event file, appended to by the writer only.
 #[derive(Debug)]
 pub(super) struct Segment {
@@ -34,6 +39,62 @@ pub(super) struct Segment {
     pub(super) file: File,
     /// Bytes of delivered (written and synced) lines; the file holds exactly these.
     pub(super) len: u64,
+    /// Where the disk space reserved for the file ends (`len` or more); the blocks past `len`
+    /// belong to the file without being part of it.
+    pub(super) reserved: u64,
+    /// Whether to go on reserving: the first failure (a file system without `fallocate`, a full
+    /// disk) stops it for this file, which then grows as it is written.
+    reserving: bool,
+}
+
+impl Segment {
+    fn new(path: PathBuf, file: File) -> Segment {
+        Segment {
+            path,
+            file,
+            len: 0,
+            reserved: 0,
+            reserving: true,
+        }
+    }
+
+    /// Makes sure disk space is reserved up to `end`, [`RESERVE_STEP`] at a time, but not past
+    /// `limit` (the rotation size) unless `end` itself is past it. Best effort: a file that
+    /// cannot reserve grows as it is written, and a full disk shows in the write itself.
+    pub(super) fn reserve(&mut self, end: u64, limit: u64, faults: &FaultInjection) {
+        if !self.reserving || end <= self.reserved {
+            return;
+        }
+        let target = end.max(self.reserved.saturating_add(RESERVE_STEP).min(limit));
+        match faults.reserve(&self.file, self.reserved, target - self.reserved) {
+            Ok(()) => self.reserved = target,
+            Err(error) => {
+                self.reserving = false;
+                tracing::debug!(
+                    sink = "file",
+                    path = %self.path.display(),
+                    %error,
+                    "cannot reserve disk space ahead of the file's end; it grows as it is written"
+                );
+            }
+        }
+    }
+
+    /// Gives back the space reserved past the file's end, once nothing more goes into it.
+    pub(super) fn release(&mut self, faults: &FaultInjection) {
+        if self.reserved <= self.len {
+            return;
+        }
+        if let Err(error) = faults.release(&self.file, self.len) {
+            tracing::warn!(
+                sink = "file",
+                path = %self.path.display(),
+                %error,
+                "cannot give back the disk space reserved past a finished event file's end"
+            );
+        }
+        self.reserved = self.len;
+    }
 }
 
 /// The name of an event file: `events-<UTC time>-<pid>-<sequence>.ndjson`.
@@ -57,7 +118,7 @@ pub(super) fn create(dir: &Path, faults: &FaultInjection) -> io::Result<Segment>
                     remove(dir, &path, faults);
                     return Err(error);
                 }
-                return Ok(Segment { path, file, len: 0 });
+                return Ok(Segment::new(path, file));
             }
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(error) => return Err(error),
@@ -119,7 +180,8 @@ pub(super) struct Repair {
 
 /// Repairs the unsealed event files under `dir`: each is cut back before its first line that
 /// is not a complete JSON value (a torn write, a block of zeros), made durable and sealed; a
-/// file left empty is removed.
+/// file left empty is removed. The space the writer had reserved past a file's end is given
+/// back.
 pub(super) fn repair(dir: &Path, faults: &FaultInjection) -> io::Result<Repair> {
     let mut report = Repair::default();
     let mut paths = Vec::new();
@@ -149,6 +211,17 @@ pub(super) fn repair(dir: &Path, faults: &FaultInjection) -> io::Result<Repair> 
             faults.truncate(&file, valid)?;
             faults.sync_data(&file)?;
             report.cut.push((path.clone(), total - valid));
+        } else if let Err(error) = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| faults.release(&file, total))
+        {
+            tracing::warn!(
+                sink = "file",
+                path = %path.display(),
+                %error,
+                "cannot give back the disk space reserved past an event file's end"
+            );
         }
         seal(&path);
     }
