@@ -62,6 +62,40 @@ pub fn budgeted(
     (Body::new(wrapped), ledger)
 }
 
+/// The bytes one poll passes on to tonic. Usually a single piece of a received frame, passed on
+/// as it is; pieces are copied into one buffer only when a poll passes on more than one (a
+/// message's header and the start of its body, say).
+#[derive(Default)]
+struct Out {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Out {
+    fn push(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        match &mut self.joined {
+            Some(joined) => joined.extend_from_slice(&piece),
+            None if self.first.is_empty() => self.first = piece,
+            None => {
+                let mut joined = BytesMut::with_capacity(self.first.len() + piece.len());
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&piece);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self.joined {
+            Some(joined) => joined.freeze(),
+            None => self.first,
+        }
+    }
+}
+
 /// What is passed on once a complete message has its held room.
 enum Release {
     /// The withheld last bytes of an uncompressed message.
@@ -234,7 +268,7 @@ impl BudgetedBody {
 
     /// Looks at received bytes: returns what may be passed on now, keeping the rest pending.
     fn consume(&mut self, mut data: Bytes) -> Result<Bytes, ServerError> {
-        let mut out = BytesMut::new();
+        let mut out = Out::default();
         while !data.is_empty() {
             match &mut self.phase {
                 Phase::Header { bytes, have } => {
@@ -244,7 +278,7 @@ impl BudgetedBody {
                     data.advance(take);
                     if *have == HEADER_LEN {
                         let header = *bytes;
-                        out.extend_from_slice(&self.start_message(header)?);
+                        out.push(self.start_message(header)?);
                         if !matches!(self.phase, Phase::Body { .. }) {
                             break;
                         }
@@ -278,11 +312,11 @@ impl BudgetedBody {
                         // The last byte waits for the message's held room.
                         let mut chunk = chunk;
                         let last = chunk.split_off(chunk.len() - 1);
-                        out.extend_from_slice(&chunk);
+                        out.push(chunk);
                         self.complete(&mut out, last)?;
                         break;
                     } else {
-                        out.extend_from_slice(&chunk);
+                        out.push(chunk);
                     }
                 }
                 _ => break,
@@ -291,11 +325,11 @@ impl BudgetedBody {
         if !data.is_empty() {
             self.pending = Some(data);
         }
-        Ok(out.freeze())
+        Ok(out.finish())
     }
 
     /// The message in `Body` is complete; `last` holds its withheld last bytes (uncompressed).
-    fn complete(&mut self, out: &mut BytesMut, last: Bytes) -> Result<(), ServerError> {
+    fn complete(&mut self, out: &mut Out, last: Bytes) -> Result<(), ServerError> {
         let Phase::Body {
             len,
             reservation,
@@ -352,7 +386,7 @@ impl BudgetedBody {
         cost: usize,
         buffer: usize,
         release: Release,
-        out: &mut BytesMut,
+        out: &mut Out,
     ) -> Result<(), ServerError> {
         // The buffer tonic kept from earlier messages is reused for this one.
         let kept = self.ledger.take_kept();
@@ -387,11 +421,11 @@ impl BudgetedBody {
     }
 
     /// A complete message has its held room: its receive room goes back, and it is passed on.
-    fn held(&mut self, mut reservation: Reservation, release: Release, out: &mut BytesMut) {
+    fn held(&mut self, mut reservation: Reservation, release: Release, out: &mut Out) {
         reservation.release(Part::Receive);
         match release {
             Release::Bytes(last) => {
-                out.extend_from_slice(&last);
+                out.push(last);
                 self.ledger.push(reservation);
                 self.phase = Phase::header();
             }
@@ -443,11 +477,11 @@ impl BudgetedBody {
                 let mut reservation = std::mem::take(reservation);
                 let release = release.take();
                 reservation.merge(room);
-                let mut out = BytesMut::new();
+                let mut out = Out::default();
                 if let Some(release) = release {
                     self.held(reservation, release, &mut out);
                 }
-                Poll::Ready(Ok(out.freeze()))
+                Poll::Ready(Ok(out.finish()))
             }
             Phase::Skimming {
                 task,
@@ -460,7 +494,7 @@ impl BudgetedBody {
                 let reservation = std::mem::take(reservation);
                 // The decompressed copy handed to tonic is held too, until tonic has copied it.
                 let cost = message_cost(len, shape, self.metadata_json_len()).saturating_add(len);
-                let mut out = BytesMut::new();
+                let mut out = Out::default();
                 self.admit_held(
                     reservation,
                     cost,
@@ -468,7 +502,7 @@ impl BudgetedBody {
                     Release::Decompress { input, len },
                     &mut out,
                 )?;
-                Poll::Ready(Ok(out.freeze()))
+                Poll::Ready(Ok(out.finish()))
             }
             Phase::Decompressing { task } => {
                 let frame = ready!(Pin::new(task).poll(cx)).map_err(malformed)??;
@@ -595,6 +629,28 @@ mod tests {
 
     use super::*;
     use crate::budget::cost::request_cost;
+
+    #[test]
+    fn a_single_piece_is_passed_on_without_a_copy_and_several_are_joined_in_order() {
+        let frame = Bytes::from(vec![7u8; 16 * 1024]);
+        let mut out = Out::default();
+        out.push(Bytes::new());
+        out.push(frame.slice(10..));
+        out.push(Bytes::new());
+        let single = out.finish();
+        assert_eq!(
+            single.as_ptr(),
+            frame[10..].as_ptr(),
+            "the frame's own bytes"
+        );
+
+        let mut out = Out::default();
+        for piece in [&b"head"[..], b"", b"er", b"body"] {
+            out.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(out.finish(), Bytes::from_static(b"headerbody"));
+        assert!(Out::default().finish().is_empty());
+    }
 
     fn frame(message: &[u8], compressed: bool) -> Vec<u8> {
         let mut framed = vec![u8::from(compressed)];
