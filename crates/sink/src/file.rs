@@ -8,7 +8,8 @@
 //! everything queued, appends it, syncs once and then answers every waiter (group commit), so
 //! many concurrent streams share each fsync. When a group cannot be made durable, the file is cut
 //! back to its length before the group (and the cut fsynced) and every event of the group is
-//! reported retryable.
+//! reported retryable. Disk space is reserved a few MiB ahead of the file's end, so that appends
+//! allocate no blocks, and given back when the file is finished.
 //!
 //! A finished file is sealed (read-only). At start, files left unsealed by a crash are repaired:
 //! cut back to their complete JSON lines (see `segment`). So every file in the directory holds
