@@ -49,6 +49,7 @@ pub struct FaultInjection(Arc<Switches>);
 struct Switches {
     fail_creates: AtomicBool,
     fail_reserves: AtomicBool,
+    fail_releases: AtomicBool,
     fail_writes: AtomicBool,
     /// How many of the next file fsyncs fail (`u64::MAX`: all of them).
     failing_syncs: AtomicU64,
@@ -77,6 +78,11 @@ impl FaultInjection {
     /// `fallocate`).
     pub fn fail_reserves(&self, on: bool) {
         self.0.fail_reserves.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, giving back the space reserved past a finished file's end fails.
+    pub fn fail_releases(&self, on: bool) {
+        self.0.fail_releases.store(on, Ordering::SeqCst);
     }
 
     /// While on, each write stores half its bytes and then fails as if the disk were full.
@@ -156,6 +162,7 @@ impl FaultInjection {
     /// its own length frees them.
     pub(super) fn release(&self, file: &File, len: u64) -> io::Result<()> {
         self.record(Step::Release);
+        Self::injected(&self.0.fail_releases, "cannot give back reserved space")?;
         file.set_len(len)
     }
 

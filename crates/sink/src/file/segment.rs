@@ -69,6 +69,10 @@ impl Segment {
         match faults.reserve(&self.file, self.reserved, target - self.reserved) {
             Ok(()) => self.reserved = target,
             Err(error) => {
+                // A failed `fallocate` may have reserved part of the range (ext4 and XFS keep
+                // what they got before running out of space): count all of it, so that it is
+                // given back with the rest.
+                self.reserved = target;
                 self.reserving = false;
                 tracing::debug!(
                     sink = "file",
@@ -211,11 +215,7 @@ pub(super) fn repair(dir: &Path, faults: &FaultInjection) -> io::Result<Repair> 
             faults.truncate(&file, valid)?;
             faults.sync_data(&file)?;
             report.cut.push((path.clone(), total - valid));
-        } else if let Err(error) = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|file| faults.release(&file, total))
-        {
+        } else if let Err(error) = release_unused(&path, total, faults) {
             tracing::warn!(
                 sink = "file",
                 path = %path.display(),
@@ -226,6 +226,16 @@ pub(super) fn repair(dir: &Path, faults: &FaultInjection) -> io::Result<Repair> 
         seal(&path);
     }
     Ok(report)
+}
+
+/// Gives back the space reserved past the end of `path`, a complete file of `len` bytes; a file
+/// whose length changed meanwhile is left alone.
+fn release_unused(path: &Path, len: u64, faults: &FaultInjection) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    if file.metadata()?.len() != len {
+        return Ok(());
+    }
+    faults.release(&file, len)
 }
 
 /// The length of the longest prefix of `path` made of complete lines that each hold one JSON
