@@ -3,9 +3,8 @@
 //! Root ignores file permissions and loop devices are rarely at hand, so the failure paths of the
 //! file sink are exercised by switching faults on here rather than by breaking a real disk. Every
 //! step the writer takes goes through here (create, reserve, write, fsync, truncate, release,
-//! directory fsync), and
-//! each can be made to fail; the steps taken are recorded so that tests can check their order
-//! (a truncation is made durable before anything else happens, say).
+//! directory fsync), and each can be made to fail; the steps taken are recorded so that tests can
+//! check their order (a truncation is made durable before anything else happens, say).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Write};

@@ -30,7 +30,7 @@ const NAME_ATTEMPTS: usize = 100_000;
 /// How much disk space the writer reserves ahead of a file's end at a time: appends into reserved
 /// space allocate no blocks, which saves about a quarter of the kernel's time per write on ext4
 /// (docs/performance.md). Given back when the file is finished.
-pub(super) const RESERVE_STEP: u64 = 8 * 1024 * 1024;
+const RESERVE_STEP: u64 = 8 * 1024 * 1024;
 
 /// One open event file, appended to by the writer only.
 #[derive(Debug)]

@@ -70,7 +70,7 @@ impl Writer {
             // Let the publishers run first when they are waiting for this CPU (one system call
             // that returns at once when they are not): what they queue meanwhile shares this
             // group's fsync. On a busy single CPU, where each wake-up would otherwise preempt
-            // the publisher and sync one batch alone, this cuts the fsyncs by 40 % and may
+            // the publisher and sync one batch alone, this cuts the fsyncs by over a third and may
             // hold the group back for up to a time slice (docs/performance.md).
             std::thread::yield_now();
             // Everything that queued up during the previous fsync shares the next one.
