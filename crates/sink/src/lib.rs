@@ -2,10 +2,10 @@
 //!
 //! This crate owns the [`EventSink`] seam and its backends. A sink receives a batch of
 //! [`PreparedEvent`]s (the exact payload bytes to deliver, their IDs and, for the sinks that read
-//! them, their attributes) and returns one
-//! [`PublishOutcome`] per event, in the same order. The gateway acknowledges an event to its sender
-//! only when the outcome is [`PublishOutcome::Delivered`], so a sink must never report delivery
-//! before the event is durably handed off.
+//! them, their attributes) and returns one [`PublishOutcome`] per event, in the same order. The
+//! gateway acknowledges an event to its sender only when the outcome is
+//! [`PublishOutcome::Delivered`], so a sink must never report delivery before the event is
+//! durably handed off.
 //!
 //! It knows nothing of gRPC, streams, senders or authentication.
 

@@ -541,6 +541,15 @@ fn lines_of_events(events: &[telemetry_gateway_sink::PreparedEvent]) -> Vec<Stri
         .collect()
 }
 
+/// How many times `step` was taken.
+fn count_steps(faults: &FaultInjection, step: Step) -> usize {
+    faults
+        .steps()
+        .iter()
+        .filter(|taken| **taken == step)
+        .count()
+}
+
 /// The steps from the last write on.
 fn steps_since_last_write(faults: &FaultInjection) -> Vec<Step> {
     let steps = faults.steps();
@@ -855,22 +864,13 @@ async fn a_file_system_that_cannot_reserve_space_loses_nothing_and_is_asked_once
     sink.shutdown().await.expect("shutdown");
 
     assert_eq!(stored_bytes(sink.dir()), lines_of(&published));
-    let reserves = faults
-        .steps()
-        .iter()
-        .filter(|step| **step == Step::Reserve)
-        .count();
     assert_eq!(
-        reserves, 1,
+        count_steps(&faults, Step::Reserve),
+        1,
         "after a failure the file grows as it is written"
     );
     // What a failed reservation may have reserved before failing is given back all the same.
-    let releases = faults
-        .steps()
-        .iter()
-        .filter(|step| **step == Step::Release)
-        .count();
-    assert_eq!(releases, 1);
+    assert_eq!(count_steps(&faults, Step::Release), 1);
 }
 
 #[tokio::test]

@@ -151,17 +151,15 @@ impl Writer {
         let group: u64 = batches.iter().map(|batch| batch.size).sum();
         segment.reserve(before + group, self.max_file_bytes, &self.faults);
         let fail = |failure| (segment.path.clone(), before, failure);
-        let mut written = 0;
         for batch in batches {
             self.faults
                 .write_lines(&segment.file, &batch.lines)
                 .map_err(|error| fail(Failure::Write(error)))?;
-            written += batch.size;
         }
         self.faults
             .sync_data(&segment.file)
             .map_err(|error| fail(Failure::Sync(error)))?;
-        segment.len = before + written;
+        segment.len = before + group;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
