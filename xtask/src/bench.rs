@@ -174,27 +174,12 @@ pub(crate) fn build(root: &Path) -> Result<Binaries> {
     if !status.success() {
         bail!("the release build failed");
     }
-    settle_disk();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     Ok(Binaries {
         gateway: target.join("release/telemetry-gateway"),
         loadgen: target.join("release/telemetry-gateway-loadgen"),
     })
-}
-
-/// Writes out what the build left in the page cache before anything is measured: a cold release
-/// build leaves gigabytes to write back, and that writeback competed with the fsynced file sink
-/// (one `cargo xtask compare` straight after a cold build measured the file sink at 5.1, 4.7 and
-/// 4.5 CPU-s/M in its three rounds; the same binaries measured 3.9-4.0 in the next run).
-fn settle_disk() {
-    match Command::new("sync").status() {
-        Ok(status) if status.success() => {}
-        outcome => eprintln!(
-            "warning: `sync` did not run ({outcome:?}); the build's writeback may slow the first \
-             runs through the file sink"
-        ),
-    }
 }
 
 struct License {
