@@ -151,6 +151,11 @@ struct Slot {
 pub struct PreparedPayload {
     /// The events to publish, each rendered once.
     pub events: Vec<PreparedEvent>,
+    /// The events' payloads as NDJSON: each followed by a line break, in order. The payloads
+    /// are slices of it, so it costs nothing more ([`EventSink::publish_ndjson`]).
+    ///
+    /// [`EventSink::publish_ndjson`]: telemetry_gateway_sink::EventSink::publish_ndjson
+    pub ndjson: Bytes,
     /// The size of every rendered message, oversized ones included (for metrics).
     pub message_sizes: Vec<usize>,
     /// The first oversized event, for the log.
@@ -184,6 +189,7 @@ pub fn prepare_payload(
         });
     let mut prepared = PreparedPayload {
         events: Vec::with_capacity(events.len()),
+        ndjson: Bytes::new(),
         message_sizes: Vec::with_capacity(events.len()),
         oversized: None,
         slots: Vec::with_capacity(events.len()),
@@ -194,8 +200,9 @@ pub fn prepare_payload(
     // Keys borrow the IDs from the message buffer; only an event prost decoded owns its key.
     let mut by_id: HashMap<Cow<'_, str>, usize, foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
-    // Every published event's payload, one after another: one buffer for the payload's events
-    // rather than one per event; each event's `Bytes` is a slice of it. Sized for what the
+    // Every published event's payload, one after another and each followed by a line break (the
+    // NDJSON the file sink writes as it is): one buffer for the payload's events rather than one
+    // per event; each event's `Bytes` is a slice of it. Sized for what the
     // events usually need, but never up front beyond a bound: with large stream metadata most
     // events may turn out oversized (and are not kept), so past it the buffer grows as it fills.
     let mut rendered = Vec::with_capacity(
@@ -240,6 +247,7 @@ pub fn prepare_payload(
                     &mut prepared.message_sizes,
                 ) {
                     Ok((ready, range)) => {
+                        rendered.push(b'\n');
                         prepared.events.push(ready);
                         ranges.push(range);
                         Disposition::Publish(prepared.events.len() - 1)
@@ -296,6 +304,7 @@ pub fn prepare_payload(
     for (event, range) in prepared.events.iter_mut().zip(ranges) {
         event.payload = rendered.slice(range);
     }
+    prepared.ndjson = rendered;
     Ok(prepared)
 }
 

@@ -427,6 +427,38 @@ fn a_valid_event_after_an_invalid_one_with_its_id_is_published_and_acknowledged_
 }
 
 #[test]
+fn the_ndjson_text_holds_each_published_payload_on_its_own_line() {
+    let prepared = prepare(
+        vec![
+            simple_event("a"),
+            invalid_event("b"),
+            simple_event("c"),
+            simple_event("a"),
+            invalid_event("d"),
+        ],
+        &unlicensed(),
+        &EventPolicy::default(),
+    );
+    let published: Vec<&str> = prepared.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(published, ["a", "c"]);
+    let mut lines = Vec::new();
+    for event in &prepared.events {
+        lines.extend_from_slice(&event.payload);
+        lines.push(b'\n');
+    }
+    assert_eq!(prepared.ndjson, lines);
+    // Each payload is the text's own bytes, not a copy of them.
+    let mut offset = 0;
+    for event in &prepared.events {
+        assert!(std::ptr::eq(
+            event.payload.as_ptr(),
+            prepared.ndjson[offset..].as_ptr()
+        ));
+        offset += event.payload.len() + 1;
+    }
+}
+
+#[test]
 fn an_id_whose_published_event_failed_is_not_acknowledged_through_an_invalid_twin() {
     let summary = summarize_with(
         &unlicensed(),

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::{EventSink, FailureCause, PreparedEvent, PublishFailure, PublishOutcome, SinkError};
@@ -56,6 +57,23 @@ pub fn combine_outcomes<'a>(
     }
 }
 
+impl FanoutSink {
+    /// Each event's outcome from every sink's outcomes (`per_sink`, in the sinks' order).
+    fn combine(&self, events: usize, per_sink: &[Vec<PublishOutcome>]) -> Vec<PublishOutcome> {
+        (0..events)
+            .map(|i| {
+                combine_outcomes(self.sinks.iter().zip(per_sink).map(|(sink, outcomes)| {
+                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(PublishFailure {
+                        cause: FailureCause::Other,
+                        message: String::new(),
+                    });
+                    (sink.name(), outcomes.get(i).unwrap_or(MISSING))
+                }))
+            })
+            .collect()
+    }
+}
+
 #[async_trait]
 impl EventSink for FanoutSink {
     fn name(&self) -> &'static str {
@@ -73,17 +91,21 @@ impl EventSink for FanoutSink {
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         let per_sink = join_all(self.sinks.iter().map(|sink| sink.publish(events))).await;
-        (0..events.len())
-            .map(|i| {
-                combine_outcomes(self.sinks.iter().zip(&per_sink).map(|(sink, outcomes)| {
-                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(PublishFailure {
-                        cause: FailureCause::Other,
-                        message: String::new(),
-                    });
-                    (sink.name(), outcomes.get(i).unwrap_or(MISSING))
-                }))
-            })
-            .collect()
+        self.combine(events.len(), &per_sink)
+    }
+
+    async fn publish_ndjson(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: &Bytes,
+    ) -> Vec<PublishOutcome> {
+        let per_sink = join_all(
+            self.sinks
+                .iter()
+                .map(|sink| sink.publish_ndjson(events, ndjson)),
+        )
+        .await;
+        self.combine(events.len(), &per_sink)
     }
 
     async fn health(&self) -> Result<(), SinkError> {

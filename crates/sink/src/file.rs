@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 #[doc(hidden)]
 pub use self::fault::{FaultInjection, Step};
-use self::writer::{Batch, Writer};
+use self::writer::{Batch, Lines, Writer};
 use crate::{EventSink, FailureCause, PreparedEvent, PublishOutcome, SinkError};
 
 const NAME: &str = "file";
@@ -206,12 +206,13 @@ impl FileSink {
         lock(&self.queue).clone()
     }
 
-    /// Queues `lines` (`size` bytes with their line breaks) and waits until the writer has made
-    /// them durable or given up on them.
+    /// Queues `lines` (`events` events, `size` bytes with their line breaks) and waits until the
+    /// writer has made them durable or given up on them.
     async fn append(
         &self,
         queue: mpsc::UnboundedSender<Batch>,
-        lines: Vec<Bytes>,
+        lines: Lines,
+        events: usize,
         size: usize,
     ) -> Result<(), String> {
         let charge = (size + BATCH_OVERHEAD_BYTES).min(QUEUE_BUDGET_BYTES);
@@ -225,6 +226,7 @@ impl FileSink {
         queue
             .send(Batch {
                 lines,
+                events,
                 size: size as u64,
                 reply,
                 _budget: budget,
@@ -235,21 +237,29 @@ impl FileSink {
             .await
             .unwrap_or_else(|_| Err(WRITER_STOPPED.to_string()))
     }
-}
 
-#[async_trait]
-impl EventSink for FileSink {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+    /// Appends the events as lines: `ndjson` as one piece when it is their text, else each
+    /// payload that can be one line (the others are refused as invalid).
+    async fn publish_lines(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: Option<&Bytes>,
+    ) -> Vec<PublishOutcome> {
         if events.is_empty() {
             return Vec::new();
         }
         let Some(queue) = self.queue() else {
             return PublishOutcome::all_retryable(events.len(), FailureCause::ShutDown, SHUT_DOWN);
         };
+        if let Some(text) = ndjson.filter(|text| is_ndjson_of(text, events)) {
+            let lines = Lines::Text(text.clone());
+            return match self.append(queue, lines, events.len(), text.len()).await {
+                Ok(()) => vec![PublishOutcome::Delivered; events.len()],
+                Err(reason) => {
+                    PublishOutcome::all_retryable(events.len(), FailureCause::Io, reason)
+                }
+            };
+        }
         let verdicts: Vec<Result<(), String>> = events
             .iter()
             .map(|event| fits_one_line(&event.payload))
@@ -265,7 +275,9 @@ impl EventSink for FileSink {
         let written = if lines.is_empty() {
             Ok(())
         } else {
-            self.append(queue, lines, size).await
+            let count = lines.len();
+            self.append(queue, Lines::Payloads(lines), count, size)
+                .await
         };
         verdicts
             .into_iter()
@@ -277,6 +289,27 @@ impl EventSink for FileSink {
                 }
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl EventSink for FileSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+        self.publish_lines(events, None).await
+    }
+
+    /// Writes `ndjson` as it is when it holds exactly the events' lines (one buffer for the
+    /// whole batch instead of two per event); otherwise publishes the events a line at a time.
+    async fn publish_ndjson(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: &Bytes,
+    ) -> Vec<PublishOutcome> {
+        self.publish_lines(events, Some(ndjson)).await
     }
 
     /// A line is the payload alone.
@@ -361,6 +394,29 @@ fn fits_one_line(payload: &[u8]) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Whether `text` is exactly the lines of `events`: each payload, one line, followed by a line
+/// break, in order, and nothing else. The gateway's payloads are slices of the text they were
+/// rendered into, so the usual check is one pointer comparison per event (the same place and
+/// length is the same bytes); payloads from elsewhere are compared byte by byte.
+fn is_ndjson_of(text: &[u8], events: &[PreparedEvent]) -> bool {
+    let mut rest = text;
+    for event in events {
+        let payload = &event.payload[..];
+        let Some((line, after)) = rest.split_at_checked(payload.len()) else {
+            return false;
+        };
+        let same = std::ptr::eq(line.as_ptr(), payload.as_ptr()) || line == payload;
+        let Some((b'\n', after)) = after.split_first() else {
+            return false;
+        };
+        if !same || fits_one_line(payload).is_err() {
+            return false;
+        }
+        rest = after;
+    }
+    rest.is_empty()
 }
 
 /// A size shown in MiB when it is a whole number of them, in bytes otherwise.

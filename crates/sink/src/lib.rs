@@ -253,6 +253,21 @@ pub trait EventSink: Send + Sync + 'static {
     /// as anything but unacknowledged; the sender will then retry it.
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome>;
 
+    /// [`publish`](Self::publish), for a batch whose payloads are also at hand as NDJSON text:
+    /// `ndjson` holds each event's payload followed by a line break, in the events' order (the
+    /// gateway renders a payload's events one after another into one buffer, and each event's
+    /// `payload` is a slice of it). A sink that writes NDJSON writes it as one piece instead of
+    /// a line at a time (the file sink, once it has checked that it is what it says); every
+    /// other sink publishes the events as [`publish`](Self::publish) does, which is the default.
+    async fn publish_ndjson(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: &Bytes,
+    ) -> Vec<PublishOutcome> {
+        let _ = ndjson;
+        self.publish(events).await
+    }
+
     /// Where this sink sends events, in one line for the start-up log
     /// (for example `NDJSON files under ./data/events`).
     fn describe(&self) -> String {
@@ -284,6 +299,14 @@ impl<S: EventSink + ?Sized> EventSink for std::sync::Arc<S> {
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
         (**self).publish(events).await
+    }
+
+    async fn publish_ndjson(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: &Bytes,
+    ) -> Vec<PublishOutcome> {
+        (**self).publish_ndjson(events, ndjson).await
     }
 
     fn describe(&self) -> String {

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
@@ -74,6 +75,47 @@ impl<S: EventSink> Measured<S> {
             sink,
         }
     }
+
+    /// Runs one publish call of the inner sink and records how long it took and its outcomes.
+    async fn measure(
+        &self,
+        publish: impl Future<Output = Vec<PublishOutcome>>,
+    ) -> Vec<PublishOutcome> {
+        let started = Instant::now();
+        let outcomes = publish.await;
+        self.metrics.duration.record(
+            started.elapsed().as_secs_f64(),
+            std::slice::from_ref(&self.sink),
+        );
+        let tally = Tally::of(&outcomes);
+        for (outcome, count) in [
+            ("delivered", tally.delivered),
+            ("retryable", tally.failed[0].iter().sum()),
+            ("permanent", tally.failed[1].iter().sum()),
+        ] {
+            if count > 0 {
+                self.metrics.events.add(
+                    count,
+                    &[self.sink.clone(), KeyValue::new("outcome", outcome)],
+                );
+            }
+        }
+        for (outcome, counts) in ["retryable", "permanent"].into_iter().zip(&tally.failed) {
+            for (cause, &count) in FailureCause::ALL.iter().zip(counts) {
+                if count > 0 {
+                    self.metrics.failures.add(
+                        count,
+                        &[
+                            self.sink.clone(),
+                            KeyValue::new("outcome", outcome),
+                            KeyValue::new("cause", cause.as_str()),
+                        ],
+                    );
+                }
+            }
+        }
+        outcomes
+    }
 }
 
 /// One batch's outcomes, counted: delivered, and failures per cause (index of
@@ -113,40 +155,16 @@ impl<S: EventSink> EventSink for Measured<S> {
     }
 
     async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
-        let started = Instant::now();
-        let outcomes = self.inner.publish(events).await;
-        self.metrics.duration.record(
-            started.elapsed().as_secs_f64(),
-            std::slice::from_ref(&self.sink),
-        );
-        let tally = Tally::of(&outcomes);
-        for (outcome, count) in [
-            ("delivered", tally.delivered),
-            ("retryable", tally.failed[0].iter().sum()),
-            ("permanent", tally.failed[1].iter().sum()),
-        ] {
-            if count > 0 {
-                self.metrics.events.add(
-                    count,
-                    &[self.sink.clone(), KeyValue::new("outcome", outcome)],
-                );
-            }
-        }
-        for (outcome, counts) in ["retryable", "permanent"].into_iter().zip(&tally.failed) {
-            for (cause, &count) in FailureCause::ALL.iter().zip(counts) {
-                if count > 0 {
-                    self.metrics.failures.add(
-                        count,
-                        &[
-                            self.sink.clone(),
-                            KeyValue::new("outcome", outcome),
-                            KeyValue::new("cause", cause.as_str()),
-                        ],
-                    );
-                }
-            }
-        }
-        outcomes
+        self.measure(self.inner.publish(events)).await
+    }
+
+    async fn publish_ndjson(
+        &self,
+        events: &[PreparedEvent],
+        ndjson: &Bytes,
+    ) -> Vec<PublishOutcome> {
+        self.measure(self.inner.publish_ndjson(events, ndjson))
+            .await
     }
 
     async fn health(&self) -> Result<(), SinkError> {

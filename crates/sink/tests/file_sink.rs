@@ -7,9 +7,10 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use telemetry_gateway_sink::file::{FaultInjection, Step};
 use telemetry_gateway_sink::{
-    EventSink, FailureCause, FileSink, FileSinkConfig, PublishOutcome, SinkError,
+    EventSink, FailureCause, FileSink, FileSinkConfig, PreparedEvent, PublishOutcome, SinkError,
 };
 use tempfile::TempDir;
 
@@ -342,6 +343,100 @@ async fn payload_that_is_not_one_line_is_rejected_permanently() {
     assert_eq!(outcomes[0], PublishOutcome::Delivered);
     assert!(matches!(outcomes[1], PublishOutcome::Permanent(_)));
     assert!(matches!(outcomes[2], PublishOutcome::Permanent(_)));
+    assert_eq!(stored_bytes(sink.dir()), lines_of(&[good]));
+}
+
+/// `events` as the gateway hands them over: their payloads rendered one after another into one
+/// NDJSON text, each event's payload a slice of it.
+fn rendered_together(events: &[PreparedEvent]) -> (Vec<PreparedEvent>, Bytes) {
+    let text = Bytes::from(lines_of(events));
+    let mut start = 0;
+    let events = events
+        .iter()
+        .map(|event| {
+            let end = start + event.payload.len();
+            let payload = text.slice(start..end);
+            start = end + 1;
+            PreparedEvent {
+                payload,
+                ..event.clone()
+            }
+        })
+        .collect();
+    (events, text)
+}
+
+#[tokio::test]
+async fn the_events_ndjson_text_is_written_as_it_is() {
+    let dir = TempDir::new().expect("temp dir");
+    let (sink, faults) = open_with_faults(&dir);
+    let (first, text) = rendered_together(&events("a", 3));
+    // Payloads that are not slices of the text but equal to its lines are just as good.
+    let second = events("b", 2);
+    let second_text = Bytes::from(lines_of(&second));
+
+    assert_eq!(
+        sink.publish_ndjson(&first, &text).await,
+        vec![PublishOutcome::Delivered; 3]
+    );
+    assert_eq!(
+        sink.publish_ndjson(&second, &second_text).await,
+        vec![PublishOutcome::Delivered; 2]
+    );
+
+    assert_eq!(
+        stored_bytes(sink.dir()),
+        [lines_of(&first), lines_of(&second)].concat()
+    );
+    assert_eq!(count_steps(&faults, Step::Write), 2);
+}
+
+#[tokio::test]
+async fn ndjson_text_that_is_not_the_events_lines_is_not_written() {
+    let (events, text) = rendered_together(&events("a", 3));
+    let mut other_bytes = text.to_vec();
+    other_bytes[2] ^= 1;
+    let mut extra_line = text.to_vec();
+    extra_line.extend_from_slice(b"{\"smuggled\":true}\n");
+    let cases: [(&str, Bytes); 4] = [
+        ("other bytes", Bytes::from(other_bytes)),
+        ("an extra line", Bytes::from(extra_line)),
+        ("no last line break", text.slice(..text.len() - 1)),
+        (
+            "a line missing",
+            text.slice(..text.len() - events[2].payload.len() - 1),
+        ),
+    ];
+    for (case, text) in cases {
+        let dir = TempDir::new().expect("temp dir");
+        let sink = open(&dir);
+        assert_eq!(
+            sink.publish_ndjson(&events, &text).await,
+            vec![PublishOutcome::Delivered; 3],
+            "{case}"
+        );
+        assert_eq!(stored_bytes(sink.dir()), lines_of(&events), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn ndjson_text_cannot_carry_a_payload_that_is_not_one_line() {
+    let dir = TempDir::new().expect("temp dir");
+    let sink = open(&dir);
+    let good = event("good");
+    // As text, the broken payload and its line break look like two complete lines.
+    let (batch, text) = rendered_together(&[
+        good.clone(),
+        event_with_payload("broken", b"{}\n{}".to_vec()),
+    ]);
+
+    let outcomes = sink.publish_ndjson(&batch, &text).await;
+
+    assert_eq!(outcomes[0], PublishOutcome::Delivered);
+    assert!(
+        matches!(&outcomes[1], PublishOutcome::Permanent(failure) if failure.cause == FailureCause::Invalid),
+        "{outcomes:?}"
+    );
     assert_eq!(stored_bytes(sink.dir()), lines_of(&[good]));
 }
 

@@ -289,7 +289,7 @@ impl EventGateway {
                 Vec::new()
             } else {
                 tokio::select! {
-                    outcomes = self.sink.publish(&prepared.events) => outcomes,
+                    outcomes = self.sink.publish_ndjson(&prepared.events, &prepared.ndjson) => outcomes,
                     () = canceled => {
                         was_canceled = true;
                         PublishOutcome::all_retryable(

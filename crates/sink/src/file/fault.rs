@@ -13,11 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-
-/// Lines per vectored write: two buffers each (the line and its break), within Linux's
-/// 1,024-buffer limit per call.
-const MAX_LINES_PER_WRITE: usize = 512;
+/// Buffers per vectored write: Linux's limit per call.
+const MAX_SLICES_PER_WRITE: usize = 1024;
 
 /// One step of the writer, as recorded by [`FaultInjection::steps`].
 #[doc(hidden)]
@@ -165,16 +162,14 @@ impl FaultInjection {
         file.set_len(len)
     }
 
-    /// Appends each of `lines` to `file`, each followed by a line break, with as few system
-    /// calls as the kernel allows (the payloads are written from where they are, not copied into
-    /// one buffer first).
-    pub(super) fn write_lines(&self, mut file: &File, lines: &[Bytes]) -> io::Result<()> {
+    /// Appends `slices` to `file`, in order, with as few system calls as the kernel allows (the
+    /// lines are written from where they are, not copied into one buffer first).
+    pub(super) fn write_all(&self, mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
         self.record(Step::Write);
         if self.0.fail_writes.load(Ordering::SeqCst) {
-            let all: Vec<u8> = lines
+            let all: Vec<u8> = slices
                 .iter()
-                .flat_map(|line| [&line[..], b"\n"])
-                .flatten()
+                .flat_map(|slice| slice.iter())
                 .copied()
                 .collect();
             file.write_all(&all[..all.len() / 2])?;
@@ -183,21 +178,16 @@ impl FaultInjection {
                 "no space left on device (injected fault)",
             ));
         }
-        for chunk in lines.chunks(MAX_LINES_PER_WRITE) {
-            let mut slices: Vec<IoSlice<'_>> = chunk
-                .iter()
-                .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")])
-                .collect();
-            let mut slices = &mut slices[..];
-            while !slices.is_empty() {
-                match file.write_vectored(slices) {
+        for mut chunk in slices.chunks_mut(MAX_SLICES_PER_WRITE) {
+            while !chunk.is_empty() {
+                match file.write_vectored(chunk) {
                     Ok(0) => {
                         return Err(io::Error::new(
                             io::ErrorKind::WriteZero,
                             "failed to write whole buffer",
                         ));
                     }
-                    Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                    Ok(written) => IoSlice::advance_slices(&mut chunk, written),
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => return Err(error),
                 }

@@ -1,6 +1,6 @@
 //! The one thread that appends to event files: group commit, rotation and roll-back.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,15 +16,48 @@ use super::segment::{self, Segment};
 /// One publish call's accepted events, waiting for the writer to append them as NDJSON lines.
 #[derive(Debug)]
 pub(super) struct Batch {
-    /// The payloads, each one line without its line break (shared with the publisher's events,
-    /// not copied).
-    pub(super) lines: Vec<Bytes>,
+    /// The lines (shared with the publisher's events, not copied).
+    pub(super) lines: Lines,
+    /// How many events they are.
+    pub(super) events: usize,
     /// The bytes they take in the file, line breaks included.
     pub(super) size: u64,
     /// Answered once the lines are durable (`Ok`) or certainly not in the file (`Err`).
     pub(super) reply: oneshot::Sender<Result<(), String>>,
     /// This batch's share of the queue budget, released when the batch is answered.
     pub(super) _budget: OwnedSemaphorePermit,
+}
+
+/// A batch's lines, in one of the two forms a publisher has them.
+#[derive(Debug)]
+pub(super) enum Lines {
+    /// NDJSON text: whole lines, each with its line break (the events' payloads as rendered,
+    /// one after another).
+    Text(Bytes),
+    /// Payloads, each one line without its line break.
+    Payloads(Vec<Bytes>),
+}
+
+impl Lines {
+    /// Adds the buffers that append these lines, in order, to `slices`.
+    fn push_slices<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
+        match self {
+            Lines::Text(text) => slices.push(IoSlice::new(text)),
+            Lines::Payloads(payloads) => slices.extend(
+                payloads
+                    .iter()
+                    .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")]),
+            ),
+        }
+    }
+
+    /// How many buffers [`push_slices`](Self::push_slices) adds.
+    fn slices(&self) -> usize {
+        match self {
+            Lines::Text(_) => 1,
+            Lines::Payloads(payloads) => 2 * payloads.len(),
+        }
+    }
 }
 
 /// Why a group could not be made durable.
@@ -116,7 +149,7 @@ impl Writer {
         let Err((path, before, failure)) = self.try_append(batches) else {
             return Ok(());
         };
-        let events: usize = batches.iter().map(|batch| batch.lines.len()).sum();
+        let events: usize = batches.iter().map(|batch| batch.events).sum();
         let reason = match &failure {
             Failure::Open(error) => format!(
                 "file sink cannot create a file under {}: {error}",
@@ -151,11 +184,13 @@ impl Writer {
         let group: u64 = batches.iter().map(|batch| batch.size).sum();
         segment.reserve(before + group, self.max_file_bytes, &self.faults);
         let fail = |failure| (segment.path.clone(), before, failure);
+        let mut slices = Vec::with_capacity(batches.iter().map(|batch| batch.lines.slices()).sum());
         for batch in batches {
-            self.faults
-                .write_lines(&segment.file, &batch.lines)
-                .map_err(|error| fail(Failure::Write(error)))?;
+            batch.lines.push_slices(&mut slices);
         }
+        self.faults
+            .write_all(&segment.file, &mut slices)
+            .map_err(|error| fail(Failure::Write(error)))?;
         self.faults
             .sync_data(&segment.file)
             .map_err(|error| fail(Failure::Sync(error)))?;
