@@ -152,7 +152,7 @@ pub struct PreparedPayload {
     /// The events to publish, each rendered once.
     pub events: Vec<PreparedEvent>,
     /// The events' payloads as NDJSON: each followed by a line break, in order. The payloads
-    /// are slices of it, so it costs nothing more ([`EventSink::publish_ndjson`]).
+    /// are slices of it, so it costs one byte per event more ([`EventSink::publish_ndjson`]).
     ///
     /// [`EventSink::publish_ndjson`]: telemetry_gateway_sink::EventSink::publish_ndjson
     pub ndjson: Bytes,
@@ -202,9 +202,9 @@ pub fn prepare_payload(
         HashMap::with_capacity_and_hasher(events.len(), foldhash::fast::RandomState::default());
     // Every published event's payload, one after another and each followed by a line break (the
     // NDJSON the file sink writes as it is): one buffer for the payload's events rather than one
-    // per event; each event's `Bytes` is a slice of it. Sized for what the
-    // events usually need, but never up front beyond a bound: with large stream metadata most
-    // events may turn out oversized (and are not kept), so past it the buffer grows as it fills.
+    // per event; each event's `Bytes` is a slice of it. Sized for what the events usually need,
+    // but never up front beyond a bound: with large stream metadata most events may turn out
+    // oversized (and are not kept), so past it the buffer grows as it fills.
     let mut rendered = Vec::with_capacity(
         (events.encoded_len() + events.len() * (source.metadata_json().len() + 32))
             .min(MAX_RENDER_BUFFER_PRESIZE),

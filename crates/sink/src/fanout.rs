@@ -23,6 +23,21 @@ impl FanoutSink {
         assert!(!sinks.is_empty(), "a fan-out needs at least one sink");
         FanoutSink { sinks }
     }
+
+    /// Each event's outcome from every sink's outcomes (`per_sink`, in the sinks' order).
+    fn combine(&self, events: usize, per_sink: &[Vec<PublishOutcome>]) -> Vec<PublishOutcome> {
+        (0..events)
+            .map(|i| {
+                combine_outcomes(self.sinks.iter().zip(per_sink).map(|(sink, outcomes)| {
+                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(PublishFailure {
+                        cause: FailureCause::Other,
+                        message: String::new(),
+                    });
+                    (sink.name(), outcomes.get(i).unwrap_or(MISSING))
+                }))
+            })
+            .collect()
+    }
 }
 
 /// Combines one event's outcomes from several sinks: any retryable failure makes the event
@@ -54,23 +69,6 @@ pub fn combine_outcomes<'a>(
         PublishOutcome::permanent(cause, permanent.join("; "))
     } else {
         PublishOutcome::Delivered
-    }
-}
-
-impl FanoutSink {
-    /// Each event's outcome from every sink's outcomes (`per_sink`, in the sinks' order).
-    fn combine(&self, events: usize, per_sink: &[Vec<PublishOutcome>]) -> Vec<PublishOutcome> {
-        (0..events)
-            .map(|i| {
-                combine_outcomes(self.sinks.iter().zip(per_sink).map(|(sink, outcomes)| {
-                    const MISSING: &PublishOutcome = &PublishOutcome::Retryable(PublishFailure {
-                        cause: FailureCause::Other,
-                        message: String::new(),
-                    });
-                    (sink.name(), outcomes.get(i).unwrap_or(MISSING))
-                }))
-            })
-            .collect()
     }
 }
 
@@ -128,7 +126,66 @@ impl EventSink for FanoutSink {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::{Measured, SinkMetrics};
+
+    /// Counts how it was called: `publish`, or `publish_ndjson`.
+    #[derive(Default)]
+    struct Probe {
+        publish: AtomicUsize,
+        publish_ndjson: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventSink for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+
+        async fn publish(&self, events: &[PreparedEvent]) -> Vec<PublishOutcome> {
+            self.publish.fetch_add(1, Ordering::SeqCst);
+            vec![PublishOutcome::Delivered; events.len()]
+        }
+
+        async fn publish_ndjson(
+            &self,
+            events: &[PreparedEvent],
+            _ndjson: &Bytes,
+        ) -> Vec<PublishOutcome> {
+            self.publish_ndjson.fetch_add(1, Ordering::SeqCst);
+            vec![PublishOutcome::Delivered; events.len()]
+        }
+
+        async fn health(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ndjson_text_reaches_every_sink_through_measured_and_arc() {
+        let probes = [Arc::new(Probe::default()), Arc::new(Probe::default())];
+        let metrics = SinkMetrics::new(&opentelemetry::global::meter("test"));
+        let sinks: Vec<Arc<dyn EventSink>> = probes
+            .iter()
+            .map(|probe| {
+                Arc::new(Measured::new(Arc::clone(probe), metrics.clone())) as Arc<dyn EventSink>
+            })
+            .collect();
+        let fanout: Arc<dyn EventSink> = Arc::new(FanoutSink::new(sinks));
+        let events = [crate::PreparedEvent::builder("a").payload("{}").build()];
+
+        let outcomes = fanout
+            .publish_ndjson(&events, &Bytes::from_static(b"{}\n"))
+            .await;
+
+        assert_eq!(outcomes, vec![PublishOutcome::Delivered]);
+        for probe in &probes {
+            assert_eq!(probe.publish_ndjson.load(Ordering::SeqCst), 1);
+            assert_eq!(probe.publish.load(Ordering::SeqCst), 0);
+        }
+    }
 
     #[test]
     fn an_event_is_delivered_only_when_every_sink_delivered_it() {

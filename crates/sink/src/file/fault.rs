@@ -52,6 +52,8 @@ struct Switches {
     fail_truncates: AtomicBool,
     fail_dir_syncs: AtomicBool,
     sync_delay_micros: AtomicU64,
+    /// How many buffers the writes were handed, in all.
+    buffers_written: AtomicU64,
     /// The steps taken (successful or not), oldest first, bounded.
     steps: Mutex<Vec<Step>>,
 }
@@ -113,6 +115,12 @@ impl FaultInjection {
         self.0.sync_delay_micros.store(micros, Ordering::SeqCst);
     }
 
+    /// How many buffers all writes so far were handed: two per line written a line at a time
+    /// (the line and its break), one per batch written as one text.
+    pub fn buffers_written(&self) -> u64 {
+        self.0.buffers_written.load(Ordering::Relaxed)
+    }
+
     /// The steps taken so far, oldest first.
     pub fn steps(&self) -> Vec<Step> {
         self.0
@@ -162,38 +170,49 @@ impl FaultInjection {
         file.set_len(len)
     }
 
-    /// Appends `slices` to `file`, in order, with as few system calls as the kernel allows (the
-    /// lines are written from where they are, not copied into one buffer first).
-    pub(super) fn write_all(&self, mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    /// Appends `pieces` to `file`, in order, with as few system calls as the kernel allows:
+    /// they are written from where they are (not copied into one buffer first), up to Linux's
+    /// limit of buffers per call at a time.
+    pub(super) fn write_all<'a>(
+        &self,
+        mut file: &File,
+        pieces: impl Iterator<Item = &'a [u8]>,
+    ) -> io::Result<()> {
         self.record(Step::Write);
         if self.0.fail_writes.load(Ordering::SeqCst) {
-            let all: Vec<u8> = slices
-                .iter()
-                .flat_map(|slice| slice.iter())
-                .copied()
-                .collect();
+            let all: Vec<u8> = pieces.flatten().copied().collect();
             file.write_all(&all[..all.len() / 2])?;
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "no space left on device (injected fault)",
             ));
         }
-        for mut chunk in slices.chunks_mut(MAX_SLICES_PER_WRITE) {
-            while !chunk.is_empty() {
-                match file.write_vectored(chunk) {
+        let mut pieces = pieces.fuse();
+        let mut slices = Vec::new();
+        loop {
+            slices.clear();
+            slices.extend(pieces.by_ref().take(MAX_SLICES_PER_WRITE).map(IoSlice::new));
+            if slices.is_empty() {
+                return Ok(());
+            }
+            self.0
+                .buffers_written
+                .fetch_add(slices.len() as u64, Ordering::Relaxed);
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match file.write_vectored(rest) {
                     Ok(0) => {
                         return Err(io::Error::new(
                             io::ErrorKind::WriteZero,
                             "failed to write whole buffer",
                         ));
                     }
-                    Ok(written) => IoSlice::advance_slices(&mut chunk, written),
+                    Ok(written) => IoSlice::advance_slices(&mut rest, written),
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => return Err(error),
                 }
             }
         }
-        Ok(())
     }
 
     /// Makes `file`'s data (and its length) durable.

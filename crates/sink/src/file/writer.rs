@@ -1,6 +1,6 @@
 //! The one thread that appends to event files: group commit, rotation and roll-back.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,24 +39,14 @@ pub(super) enum Lines {
 }
 
 impl Lines {
-    /// Adds the buffers that append these lines, in order, to `slices`.
-    fn push_slices<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
-        match self {
-            Lines::Text(text) => slices.push(IoSlice::new(text)),
-            Lines::Payloads(payloads) => slices.extend(
-                payloads
-                    .iter()
-                    .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")]),
-            ),
-        }
-    }
-
-    /// How many buffers [`push_slices`](Self::push_slices) adds.
-    fn slices(&self) -> usize {
-        match self {
-            Lines::Text(_) => 1,
-            Lines::Payloads(payloads) => 2 * payloads.len(),
-        }
+    /// The pieces that append these lines, in order.
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let (text, payloads): (Option<&[u8]>, &[Bytes]) = match self {
+            Lines::Text(text) => (Some(text), &[]),
+            Lines::Payloads(payloads) => (None, payloads),
+        };
+        text.into_iter()
+            .chain(payloads.iter().flat_map(|line| [&line[..], b"\n"]))
     }
 }
 
@@ -184,12 +174,9 @@ impl Writer {
         let group: u64 = batches.iter().map(|batch| batch.size).sum();
         segment.reserve(before + group, self.max_file_bytes, &self.faults);
         let fail = |failure| (segment.path.clone(), before, failure);
-        let mut slices = Vec::with_capacity(batches.iter().map(|batch| batch.lines.slices()).sum());
-        for batch in batches {
-            batch.lines.push_slices(&mut slices);
-        }
+        let pieces = batches.iter().flat_map(|batch| batch.lines.pieces());
         self.faults
-            .write_all(&segment.file, &mut slices)
+            .write_all(&segment.file, pieces)
             .map_err(|error| fail(Failure::Write(error)))?;
         self.faults
             .sync_data(&segment.file)
