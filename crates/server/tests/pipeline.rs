@@ -17,7 +17,7 @@ use telemetry_gateway_sink::{
     PublishOutcome, SinkMetrics,
 };
 use telemetry_gateway_testkit::events::{
-    managed_metadata, simple_event, simple_events, unlicensed_metadata,
+    managed_metadata, oversized_event, simple_event, simple_events, unlicensed_metadata,
 };
 
 fn unlicensed() -> Source {
@@ -428,25 +428,12 @@ fn a_valid_event_after_an_invalid_one_with_its_id_is_published_and_acknowledged_
 
 #[test]
 fn the_ndjson_text_holds_each_published_payload_on_its_own_line() {
-    // Rendered, then cut back out of the buffer: its JSON would pass the size limit.
-    let mut oversized = simple_event("e");
-    if let Some(parameters) = oversized.parameters.as_mut() {
-        parameters.private_metadata = Some(Struct {
-            fields: BTreeMap::from([(
-                "blob".to_string(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(
-                        "x".repeat(10_000_000),
-                    )),
-                },
-            )]),
-        });
-    }
     let prepared = prepare(
         vec![
             simple_event("a"),
             invalid_event("b"),
-            oversized,
+            // Rendered, then cut back out of the buffer.
+            oversized_event("e"),
             simple_event("c"),
             simple_event("a"),
             invalid_event("d"),

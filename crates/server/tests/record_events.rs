@@ -13,7 +13,7 @@ use telemetry_gateway_server::{EventPolicy, ServerOptions};
 use telemetry_gateway_sink::{FailureCause, PublishOutcome};
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{
-    managed_metadata, simple_event, simple_events, unlicensed_metadata,
+    managed_metadata, oversized_event, simple_event, simple_events, unlicensed_metadata,
 };
 use telemetry_gateway_testkit::{RecordingSink, record_events};
 use tonic::Code;
@@ -349,18 +349,7 @@ async fn events_that_cannot_be_rendered_are_acknowledged_but_not_published() {
 async fn oversized_events_are_dropped_and_acknowledged() {
     let sink = Arc::new(RecordingSink::new());
     let gateway = TestGateway::start(sink.clone()).await;
-    let mut huge = simple_event("huge");
-    huge.parameters
-        .as_mut()
-        .expect("parameters")
-        .private_metadata = Some(Struct {
-        fields: BTreeMap::from([(
-            "blob".into(),
-            Value {
-                kind: Some(Kind::StringValue("x".repeat(10_000_000))),
-            },
-        )]),
-    });
+    let huge = oversized_event("huge");
     let responses = record_events(
         &mut gateway.client().await,
         vec![

@@ -53,6 +53,21 @@ pub fn simple_events(prefix: &str, n: usize) -> Vec<Event> {
         .collect()
 }
 
+/// A valid event whose rendered JSON passes the 10 MB limit on a published payload (its private
+/// metadata holds a 10 MB string): rendered, then dropped as oversized.
+pub fn oversized_event(id: impl Into<String>) -> Event {
+    let mut event = simple_event(id);
+    if let Some(parameters) = event.parameters.as_mut() {
+        parameters.private_metadata = Some(Struct {
+            fields: BTreeMap::from([(
+                "blob".into(),
+                value(Kind::StringValue("x".repeat(10_000_000))),
+            )]),
+        });
+    }
+    event
+}
+
 fn value(kind: Kind) -> Value {
     Value { kind: Some(kind) }
 }
