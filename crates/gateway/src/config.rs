@@ -454,8 +454,9 @@ pub struct LimitsConfig {
     )]
     pub max_events_per_payload: usize,
 
-    /// Most bytes of a stream's first message, the metadata (`ResourceExhausted` beyond; real
-    /// metadata is a few KB, and every event's published payload repeats it).
+    /// Most bytes of a stream's first message, the metadata, as sent and, when compressed, once
+    /// decompressed (`ResourceExhausted` beyond; real metadata is a few KB, and every event's
+    /// published payload repeats it).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     pub max_metadata_bytes: usize,
 

@@ -172,6 +172,15 @@ pub enum ServerError {
         /// The limit.
         max: usize,
     },
+    /// A compressed metadata message decompresses past the metadata limit.
+    #[error(
+        "the metadata message decompresses to more than {max} bytes \
+         (TELEMETRY_GATEWAY_MAX_METADATA_BYTES)"
+    )]
+    MetadataDecompressedTooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The stream stayed open too long.
     #[error(
         "the stream exceeded its lifetime of {}s (TELEMETRY_GATEWAY_STREAM_LIFETIME); \
@@ -296,6 +305,9 @@ impl ServerError {
             E::MessageTooCostly { .. } => limit(ResourceExhausted, "message_cost"),
             E::ConnectionShare { .. } => limit(ResourceExhausted, "connection_share"),
             E::DecompressedTooLarge { .. } => limit(ResourceExhausted, "max_decoded_bytes"),
+            E::MetadataDecompressedTooLarge { .. } => {
+                limit(ResourceExhausted, "max_metadata_bytes")
+            }
             E::StreamLifetime(_) => limit(DeadlineExceeded, "stream_lifetime"),
             E::Idle(_) => limit(DeadlineExceeded, "idle_timeout"),
             E::TooSlow { .. } => limit(DeadlineExceeded, "min_receive_rate"),
@@ -525,6 +537,13 @@ mod tests {
                 Some(PayloadRefused("connection_share")),
                 Some(Level::WARN),
                 true,
+            ),
+            (
+                ServerError::MetadataDecompressedTooLarge { max: 1 },
+                Code::ResourceExhausted,
+                Some(PayloadRefused("max_metadata_bytes")),
+                Some(Level::WARN),
+                false,
             ),
             (
                 ServerError::LicenseKeyTooLong { len: 2, max: 1 },

@@ -342,15 +342,29 @@ impl BudgetedBody {
         };
         if let Some(buffer) = compressed {
             let input = buffer.freeze();
-            let (encoding, max, root) = (
-                self.encoding,
-                self.limits().max_decoded_message_bytes,
-                self.root(),
-            );
-            let max_events = self.limits().max_events_per_payload;
+            let limits = self.limits();
+            // A stream's metadata is held to its own limit once decompressed as well: every
+            // event of the stream repeats it downstream.
+            let metadata = !self.unary && self.messages == 1;
+            let max = if metadata {
+                limits
+                    .max_metadata_bytes
+                    .min(limits.max_decoded_message_bytes)
+            } else {
+                limits.max_decoded_message_bytes
+            };
+            let (encoding, root, max_events) =
+                (self.encoding, self.root(), limits.max_events_per_payload);
             let task_input = input.clone();
             let task = tokio::task::spawn_blocking(move || {
-                skim_compressed(encoding, &task_input, max, root, max_events)
+                skim_compressed(encoding, &task_input, max, root, max_events).map_err(|err| {
+                    match err {
+                        ServerError::DecompressedTooLarge { max } if metadata => {
+                            ServerError::MetadataDecompressedTooLarge { max }
+                        }
+                        err => err,
+                    }
+                })
             });
             self.phase = Phase::Skimming {
                 task,
@@ -764,6 +778,52 @@ mod tests {
         );
         let compressed = body_without_encoding().await;
         assert_eq!(compressed.code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_compressed_metadata_message_is_held_to_the_metadata_limit_once_decompressed() {
+        use std::io::Write;
+        let limits = Limits {
+            max_metadata_bytes: 1024,
+            ..Limits::default()
+        };
+        let budget = InflightBudget::unlimited().with_limits(limits);
+        let gzip = |message: &[u8]| {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            encoder.write_all(message).expect("in memory");
+            encoder.finish().expect("in memory")
+        };
+        // 64 KiB of zeros, a valid message (field 15, bytes) of far more than the limit, in a
+        // few hundred bytes on the wire.
+        let mut bomb = vec![0x7a, 0x80, 0x80, 0x04];
+        bomb.resize(4 + 64 * 1024, 0);
+        let small = gzip(&bomb);
+        assert!(small.len() < 1024, "the wire bytes pass the header's check");
+        let input = body(vec![frame(&small, true)]);
+        let (refused, _ledger) = budgeted(&budget, &metrics(), input, false, Some("gzip"), None);
+        let status = read(refused).await.expect_err("refused");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .contains("decompresses to more than 1024 bytes")
+                && status
+                    .message()
+                    .contains("TELEMETRY_GATEWAY_MAX_METADATA_BYTES"),
+            "{status:?}"
+        );
+
+        // Later messages (events payloads) are held to the decoded-message limit only.
+        let metadata = gzip(&events(0));
+        let payload = gzip(&bomb);
+        let input = body(vec![frame(&metadata, true), frame(&payload, true)]);
+        let (admitted, _ledger) = budgeted(&budget, &metrics(), input, false, Some("gzip"), None);
+        let passed = read(admitted).await.expect("admitted");
+        assert_eq!(
+            passed,
+            [frame(&events(0), false), frame(&bomb, false)].concat()
+        );
     }
 
     async fn body_without_encoding() -> Status {
