@@ -141,6 +141,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The most bytes a health check or reflection request may declare: a service, file or symbol
+/// name. These services are outside the memory budget, and tonic reserves a message's declared
+/// length when its header arrives, so with tonic's default (4 MiB) every such stream could hold
+/// 4 MiB by sending a header and never the last byte (docs/security.md).
+const SMALL_REQUEST_BYTES: usize = 16 * 1024;
+
 async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<Routes, ServeError> {
     let diagnostics = diagnostics::router(Diagnostics {
         version: options.version.clone(),
@@ -158,13 +164,18 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcService>().await;
+    let health_service = health_service.max_decoding_message_size(SMALL_REQUEST_BYTES);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
 
     Ok(Routes::from(diagnostics)
         .add_service(events)

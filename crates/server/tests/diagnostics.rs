@@ -111,6 +111,54 @@ async fn grpc_health_reports_the_service_as_serving() {
     }
 }
 
+/// The health and reflection services are outside the memory budget: a request that declares
+/// more than a name's worth of bytes is refused at its header, before tonic reserves room for it.
+#[tokio::test]
+async fn health_and_reflection_refuse_requests_larger_than_a_name() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let gateway = TestGateway::start(Arc::new(RecordingSink::new())).await;
+    let channel = gateway.channel().await;
+    let long = "x".repeat(32 * 1024);
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: long.clone(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(long)),
+    };
+    // tonic's reflection service ends the stream when its request stream fails: no answer (a
+    // request it could read would get one, an error response for an unknown symbol at least).
+    let answer = match ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+    {
+        Err(status) => Err(status),
+        Ok(responses) => responses.into_inner().message().await,
+    };
+    match answer {
+        Ok(None) => {}
+        Err(status) => assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}"),
+        Ok(Some(response)) => panic!("answered: {response:?}"),
+    }
+
+    // A name of ordinary length is still answered on the same connection.
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: telemetry_gateway_proto::SERVICE_NAME.into(),
+        })
+        .await
+        .expect("health answers");
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+}
+
 #[tokio::test]
 async fn reflection_lists_the_gateway_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
