@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use telemetry_gateway_server::dead_letter::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_QUEUE_BYTES, MIN_RECORD_BYTES,
 };
-use telemetry_gateway_server::{Limits, RateLimit, Secret};
+use telemetry_gateway_server::{ConnectionLimits, Limits, RateLimit, Secret};
 use telemetry_gateway_sink::{FileSinkConfig, PubSubSinkConfig};
 
 use crate::sinks::pubsub;
@@ -133,6 +133,19 @@ pub struct ServerConfig {
     /// default suits a 512 MiB container; `0` turns the budget off (the sender limits still apply).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_inflight_bytes: usize,
+
+    /// Most connections open at once on the gRPC port (`0`: no limit). At the limit the gateway
+    /// stops accepting, and new connections wait in the kernel's backlog until one closes; keep
+    /// it below the process's open-file limit (`ulimit -n`), so that a flood of connections
+    /// cannot use up the file descriptors the sinks need.
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// How long a new connection may take to send its first 24 bytes (the HTTP/2 preface, or
+    /// the start of an HTTP/1 request) before it is closed (`0`: no limit): a connection that
+    /// sends nothing is otherwise kept for ever.
+    #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub connection_opening_timeout: std::time::Duration,
 
     /// How long a payload may wait for room in the memory budget before it is refused.
     #[arg(long, env = "TELEMETRY_GATEWAY_INFLIGHT_WAIT", default_value = "2s", value_parser = parse_duration)]

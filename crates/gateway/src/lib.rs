@@ -21,8 +21,8 @@ use anyhow::Context;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_auth::sams::SamsClientConfig;
 use telemetry_gateway_server::{
-    EventGateway, EventPolicy, InflightBudget, ManagedServiceAuthorizer, NotConfigured,
-    RateLimiter, SamsAuthorizer, ServerOptions,
+    ConnectionLimits, EventGateway, EventPolicy, InflightBudget, ManagedServiceAuthorizer,
+    NotConfigured, RateLimiter, SamsAuthorizer, ServerOptions,
 };
 use tokio::net::TcpListener;
 
@@ -186,6 +186,10 @@ pub async fn run(
         version: version::version().to_string(),
         diagnostics_secret: config.server.diagnostics_secret.clone(),
         prometheus,
+        connections: ConnectionLimits {
+            max_connections: config.server.max_connections,
+            opening_timeout: config.server.connection_opening_timeout,
+        },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = telemetry_gateway_server::serve(listener, gateway, options, async {

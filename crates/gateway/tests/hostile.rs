@@ -700,3 +700,57 @@ async fn a_thousand_streams_on_one_connection_are_bounded() {
     )
     .await;
 }
+
+/// Connections that never send a byte are closed after the opening timeout, and while they fill
+/// the connection limit a normal sender waits in the listen backlog rather than being refused or
+/// starved of file descriptors (a hostile probe held 20,000 such connections for good before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_the_connection_limit_queues_others() {
+    let budget = BUDGET.to_string();
+    let mut gateway = GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", &budget),
+        ("TELEMETRY_GATEWAY_MAX_CONNECTIONS", "50"),
+        ("TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT", "1s"),
+        ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", "1s"),
+    ]);
+    let addr = gateway.address();
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Behind 200 silent connections, 50 at a time for a second each.
+    let waited = normal_send(addr, 0).await;
+    println!(
+        "hostile: 200 silent connections, 50 at most open: a normal payload acknowledged after {} ms",
+        waited.as_millis()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the limit held the normal sender back behind the silent connections"
+    );
+    for mut connection in silent {
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut connection, &mut byte),
+        )
+        .await
+        .expect("closed by the gateway, not left open");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+    let metrics = get(addr, "/metrics", None).await.expect("served");
+    let timed_out = metrics
+        .body
+        .lines()
+        .find(|line| line.starts_with("telemetry_gateway_connections_timed_out_total"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .expect("the timed-out counter");
+    assert_eq!(timed_out, 200.0, "{}", metrics.body);
+    assert!(
+        gateway.wait_exit(Duration::ZERO).is_none(),
+        "the gateway died"
+    );
+    gateway.terminate();
+}

@@ -17,6 +17,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 pub mod budget;
+pub mod connections;
 pub mod dead_letter;
 pub mod diagnostics;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod source;
 pub mod tracing_context;
 
 pub use budget::InflightBudget;
+pub use connections::ConnectionLimits;
 pub use dead_letter::{DeadLetterOptions, DeadLetters};
 pub use diagnostics::Diagnostics;
 pub use error::ServerError;
@@ -62,6 +64,8 @@ pub struct ServerOptions {
     pub diagnostics_secret: Option<Secret>,
     /// The registry served at `/metrics` (none: no `/metrics` route).
     pub prometheus: Option<prometheus::Registry>,
+    /// How many connections may be open, and how soon each must start talking.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +75,7 @@ impl Default for ServerOptions {
             version: env!("CARGO_PKG_VERSION").to_string(),
             diagnostics_secret: None,
             prometheus: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -104,6 +109,7 @@ pub async fn serve(
     let max_streams = budget.limits().max_streams_per_connection;
     let _budget_gauges = gateway.metrics().observe_budget(&budget);
     let budget_layer = budget::BudgetLayer::new(budget, gateway.metrics().clone());
+    let metrics = gateway.metrics().clone();
     let routes = routes(gateway, &options).await?;
     let shutdown = async move {
         shutdown.await;
@@ -118,8 +124,10 @@ pub async fn serve(
     // Nagle's algorithm would hold a response's last segment until the sender's delayed ACK
     // (tens of ms); the server's own `tcp_nodelay` applies only to listeners it binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::limited(incoming, options.connections, metrics);
     // The HTTP stack, outermost first (`rpc` documents the whole order, down to the protocol):
-    // tonic's HTTP/2 settings bound each connection before any of our work; then the budget
+    // `connections` bounds how many connections are open and how soon each must speak; tonic's
+    // HTTP/2 settings bound each connection before any of our work; then the budget
     // layer, which must see each events message's bytes before tonic decodes them, to hold them
     // at the sender while there is no room. Everything per call (metrics, drain gate, span) sits
     // inside, in the handlers: tonic answers a stream when its handler returns, so a layer here

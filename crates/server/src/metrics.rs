@@ -66,6 +66,8 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     payloads_refused: Counter<u64>,
     open_streams: UpDownCounter<i64>,
+    open_connections: UpDownCounter<i64>,
+    connections_timed_out: Counter<u64>,
     dead_letters_written: Counter<u64>,
     dead_letters_failed: Counter<u64>,
     rpc: RpcMetrics,
@@ -125,6 +127,16 @@ impl Metrics {
             open_streams: meter
                 .i64_up_down_counter("telemetry-gateway.record_events.open_streams")
                 .with_description("RecordEvents streams currently open")
+                .build(),
+            open_connections: meter
+                .i64_up_down_counter("telemetry-gateway.connections.open")
+                .with_description("Connections open on the gRPC port")
+                .build(),
+            connections_timed_out: meter
+                .u64_counter("telemetry-gateway.connections.timed_out")
+                .with_description(
+                    "Connections closed because they sent too little within the opening timeout",
+                )
                 .build(),
             dead_letters_written: meter
                 .u64_counter("telemetry-gateway.dead_letters.written")
@@ -194,11 +206,18 @@ impl Metrics {
     }
 
     /// A stream opened; the guard counts it as open until dropped.
-    pub fn stream_opened(&self) -> OpenStream {
-        self.open_streams.add(1, &[]);
-        OpenStream {
-            counter: self.open_streams.clone(),
-        }
+    pub fn stream_opened(&self) -> OpenCount {
+        OpenCount::new(&self.open_streams)
+    }
+
+    /// A connection was accepted; the guard counts it as open until dropped.
+    pub fn connection_opened(&self) -> OpenCount {
+        OpenCount::new(&self.open_connections)
+    }
+
+    /// A connection was closed for sending too little within the opening timeout.
+    pub fn connection_timed_out(&self) {
+        self.connections_timed_out.add(1, &[]);
     }
 
     /// A `RecordEvents` stream ended: `total` events across its payloads.
@@ -300,13 +319,22 @@ impl Metrics {
     }
 }
 
-/// Counts a stream as open until dropped.
+/// Counts a stream or a connection as open until dropped.
 #[derive(Debug)]
-pub struct OpenStream {
+pub struct OpenCount {
     counter: UpDownCounter<i64>,
 }
 
-impl Drop for OpenStream {
+impl OpenCount {
+    fn new(counter: &UpDownCounter<i64>) -> OpenCount {
+        counter.add(1, &[]);
+        OpenCount {
+            counter: counter.clone(),
+        }
+    }
+}
+
+impl Drop for OpenCount {
     fn drop(&mut self) {
         self.counter.add(-1, &[]);
     }

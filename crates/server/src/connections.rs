@@ -1,0 +1,314 @@
+//! Limits on the connections themselves, before any HTTP: how many may be open at once, and how
+//! soon a new one must start talking. Without them a connection that never sends a byte is kept
+//! for ever (HTTP/1's header timeout and HTTP/2's keepalive start only once it has spoken), and
+//! enough of them use up the process's file descriptors, so that no one else can connect
+//! (docs/security.md).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::metrics::{Metrics, OpenCount};
+
+/// What a new connection must send within the opening timeout: as many bytes as the HTTP/2
+/// client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), which is also less than any HTTP/1 request
+/// with a `Host` header.
+pub const OPENING_BYTES: usize = 24;
+
+/// How long the listener pauses after a failed `accept` (out of file descriptors, say) before it
+/// tries again, rather than spinning on the same error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The limits on connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The most connections open at once (0: no limit). At the limit the listener stops
+    /// accepting, so new connections wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first [`OPENING_BYTES`] bytes before it
+    /// is closed (zero: no limit).
+    pub opening_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            opening_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The connections `incoming` accepts, within `limits`; what happens to them is counted in
+/// `metrics`.
+pub fn limited(
+    incoming: impl Stream<Item = io::Result<TcpStream>> + Send + Unpin + 'static,
+    limits: ConnectionLimits,
+    metrics: Metrics,
+) -> impl Stream<Item = io::Result<Connection>> + Send + 'static {
+    let slots =
+        (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections)));
+    futures::stream::unfold(incoming, move |mut incoming| {
+        let (slots, metrics) = (slots.clone(), metrics.clone());
+        async move {
+            let slot = match slots {
+                Some(slots) => Some(take_slot(slots, limits.max_connections).await?),
+                None => None,
+            };
+            let accepted = match incoming.next().await? {
+                Ok(stream) => Ok(Connection::new(
+                    stream,
+                    slot,
+                    limits.opening_timeout,
+                    metrics,
+                )),
+                Err(error) => {
+                    // A fixed message, so the log's sampling bounds a burst of these.
+                    tracing::warn!(%error, "cannot accept a connection; pausing before the next");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    Err(error)
+                }
+            };
+            Some((accepted, incoming))
+        }
+    })
+}
+
+/// A free connection slot, waiting for one (and saying so) when all are taken.
+async fn take_slot(slots: Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    tracing::warn!(
+        max_connections = max,
+        "connection limit reached: new connections wait until one closes \
+         (TELEMETRY_GATEWAY_MAX_CONNECTIONS)"
+    );
+    slots.acquire_owned().await.ok()
+}
+
+/// An accepted connection: the TCP stream, its slot, and the opening deadline until the
+/// connection has sent its first bytes.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    opening: Option<Opening>,
+    metrics: Metrics,
+    _slot: Option<OwnedSemaphorePermit>,
+    _open: OpenCount,
+}
+
+#[derive(Debug)]
+struct Opening {
+    deadline: Pin<Box<Sleep>>,
+    received: usize,
+}
+
+impl Connection {
+    fn new(
+        stream: TcpStream,
+        slot: Option<OwnedSemaphorePermit>,
+        opening_timeout: Duration,
+        metrics: Metrics,
+    ) -> Connection {
+        Connection {
+            stream,
+            opening: (!opening_timeout.is_zero()).then(|| Opening {
+                deadline: Box::pin(tokio::time::sleep(opening_timeout)),
+                received: 0,
+            }),
+            _open: metrics.connection_opened(),
+            metrics,
+            _slot: slot,
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some(opening) = &mut this.opening else {
+            return polled;
+        };
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                opening.received += read;
+                // Enough bytes, or the end of the stream (which HTTP then handles).
+                if read == 0 || opening.received >= OPENING_BYTES {
+                    this.opening = None;
+                }
+                polled
+            }
+            Poll::Ready(Err(_)) => polled,
+            Poll::Pending => {
+                ready!(opening.deadline.as_mut().poll(cx));
+                this.opening = None;
+                this.metrics.connection_timed_out();
+                // Not logged: a flood of silent connections would flood the log; the metric
+                // counts them.
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection sent nothing within the opening timeout \
+                     (TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT)",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&opentelemetry::global::meter("test"))
+    }
+
+    async fn listener() -> (TcpListenerStream, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (TcpListenerStream::new(listener), addr)
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_too_little_is_closed_after_the_opening_timeout() {
+        let (incoming, addr) = listener().await;
+        let limits = ConnectionLimits {
+            max_connections: 0,
+            opening_timeout: Duration::from_millis(200),
+        };
+        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+
+        // Silent, and then a few bytes short of the preface: both are cut.
+        for sent in [&b""[..], b"PRI * HTTP/2.0"] {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            client.write_all(sent).await.expect("send");
+            let mut connection = accepted
+                .next()
+                .await
+                .expect("a connection")
+                .expect("accepted");
+            let started = tokio::time::Instant::now();
+            let mut received = [0; 64];
+            let mut total = 0;
+            let error = loop {
+                match connection.read(&mut received[total..]).await {
+                    Ok(n) => total += n,
+                    Err(error) => break error,
+                }
+            };
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(&received[..total], sent);
+            assert!(
+                started.elapsed() >= Duration::from_millis(150),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+
+        // One that sends its opening bytes in time is read on without a deadline.
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(&[b'x'; OPENING_BYTES])
+            .await
+            .expect("send");
+        let mut connection = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        let mut opening = [0; OPENING_BYTES];
+        connection.read_exact(&mut opening).await.expect("read");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(b"later").await.expect("send");
+        let mut later = [0; 5];
+        connection
+            .read_exact(&mut later)
+            .await
+            .expect("no timeout any more");
+        assert_eq!(&later, b"later");
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_new_connection_waits_until_one_closes() {
+        let (incoming, addr) = listener().await;
+        let limits = ConnectionLimits {
+            max_connections: 2,
+            opening_timeout: Duration::from_secs(60),
+        };
+        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+        let _clients: Vec<TcpStream> =
+            futures::future::join_all((0..3).map(|_| TcpStream::connect(addr)))
+                .await
+                .into_iter()
+                .map(|client| client.expect("connect (the kernel's backlog takes the third)"))
+                .collect();
+        let first = accepted.next().await.expect("first").expect("accepted");
+        let _second = accepted.next().await.expect("second").expect("accepted");
+        let third = tokio::time::timeout(Duration::from_millis(200), accepted.next()).await;
+        assert!(third.is_err(), "the third waits while two are open");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), accepted.next())
+            .await
+            .expect("accepted once the first closed");
+        assert!(third.expect("third").is_ok());
+    }
+}
