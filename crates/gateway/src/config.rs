@@ -141,6 +141,14 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
 
+    /// Most connections open at once from one IP address (`0`: no limit); one more is closed as
+    /// soon as it is accepted, so that one sender cannot take every connection. Behind a proxy
+    /// or load balancer every connection comes from its addresses: keep the limit well above
+    /// the connections it may open (on Cloud Run an instance serves at most `concurrency`
+    /// requests at once).
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = ConnectionLimits::default().max_connections_per_address)]
+    pub max_connections_per_address: usize,
+
     /// How long a new connection may take to send its first 24 bytes (the HTTP/2 preface, or
     /// the start of an HTTP/1 request) before it is closed (`0`: no limit): a connection that
     /// sends nothing is otherwise kept for ever.

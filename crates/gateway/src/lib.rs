@@ -188,6 +188,7 @@ pub async fn run(
         prometheus,
         connections: ConnectionLimits {
             max_connections: config.server.max_connections,
+            max_connections_per_address: config.server.max_connections_per_address,
             opening_timeout: config.server.connection_opening_timeout,
         },
     };

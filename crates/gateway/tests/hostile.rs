@@ -743,7 +743,11 @@ async fn silent_connections_are_closed_and_the_connection_limit_queues_others() 
     let timed_out = metrics
         .body
         .lines()
-        .find(|line| line.starts_with("telemetry_gateway_connections_timed_out_total"))
+        .find(|line| {
+            line.starts_with(
+                "telemetry_gateway_connections_closed_total{reason=\"opening_timeout\"",
+            )
+        })
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse::<f64>().ok())
         .expect("the timed-out counter");

@@ -4,9 +4,11 @@
 //! enough of them use up the process's file descriptors, so that no one else can connect
 //! (docs/security.md).
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::metrics::{Metrics, OpenCount};
+use crate::metrics::{ClosedConnection, Metrics, OpenCount};
 
 /// What a new connection must send within the opening timeout: as many bytes as the HTTP/2
 /// client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), which is also less than any HTTP/1 request
@@ -34,6 +36,9 @@ pub struct ConnectionLimits {
     /// The most connections open at once (0: no limit). At the limit the listener stops
     /// accepting, so new connections wait in the kernel's backlog until one closes.
     pub max_connections: usize,
+    /// The most connections open at once from one IP address (0: no limit); one more is closed
+    /// as soon as it is accepted, so that one sender cannot take every slot.
+    pub max_connections_per_address: usize,
     /// How long a new connection may take to send its first [`OPENING_BYTES`] bytes before it
     /// is closed (zero: no limit).
     pub opening_timeout: Duration,
@@ -43,6 +48,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
+            max_connections_per_address: 1024,
             opening_timeout: Duration::from_secs(10),
         }
     }
@@ -57,30 +63,98 @@ pub fn limited(
 ) -> impl Stream<Item = io::Result<Connection>> + Send + 'static {
     let slots =
         (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections)));
+    let addresses = Arc::new(Addresses::new(limits.max_connections_per_address));
     futures::stream::unfold(incoming, move |mut incoming| {
-        let (slots, metrics) = (slots.clone(), metrics.clone());
+        let (slots, addresses, metrics) = (slots.clone(), addresses.clone(), metrics.clone());
         async move {
             let slot = match slots {
                 Some(slots) => Some(take_slot(slots, limits.max_connections).await?),
                 None => None,
             };
-            let accepted = match incoming.next().await? {
-                Ok(stream) => Ok(Connection::new(
-                    stream,
-                    slot,
-                    limits.opening_timeout,
-                    metrics,
-                )),
-                Err(error) => {
-                    // A fixed message, so the log's sampling bounds a burst of these.
-                    tracing::warn!(%error, "cannot accept a connection; pausing before the next");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    Err(error)
-                }
-            };
-            Some((accepted, incoming))
+            loop {
+                let stream = match incoming.next().await? {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        // A fixed message, so the log's sampling bounds a burst of these.
+                        tracing::warn!(%error, "cannot accept a connection; pausing before the next");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        return Some((Err(error), incoming));
+                    }
+                };
+                let Some(address) = addresses.admit(&stream) else {
+                    // Closed here and counted, not logged: a flood of them would flood the log.
+                    metrics.connection_closed(ClosedConnection::AddressLimit);
+                    continue;
+                };
+                let connection =
+                    Connection::new(stream, slot, address, limits.opening_timeout, metrics);
+                return Some((Ok(connection), incoming));
+            }
         }
     })
+}
+
+/// Connections open per IP address.
+#[derive(Debug)]
+struct Addresses {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Addresses {
+    fn new(max: usize) -> Addresses {
+        Addresses {
+            max,
+            open: Mutex::default(),
+        }
+    }
+
+    /// Counts `stream` against its address, unless the address is at its limit.
+    fn admit(self: &Arc<Self>, stream: &TcpStream) -> Option<AddressSlot> {
+        if self.max == 0 {
+            return Some(AddressSlot(None));
+        }
+        // A peer whose address cannot be read is already gone; HTTP will notice.
+        let Ok(peer) = stream.peer_addr() else {
+            return Some(AddressSlot(None));
+        };
+        let ip = peer.ip().to_canonical();
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(Some((self.clone(), ip))))
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection's place in its address's count, given back when the connection closes.
+#[derive(Debug)]
+struct AddressSlot(Option<(Arc<Addresses>, IpAddr)>);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((addresses, ip)) = self.0.take() {
+            addresses.release(ip);
+        }
+    }
 }
 
 /// A free connection slot, waiting for one (and saying so) when all are taken.
@@ -104,6 +178,7 @@ pub struct Connection {
     opening: Option<Opening>,
     metrics: Metrics,
     _slot: Option<OwnedSemaphorePermit>,
+    _address: AddressSlot,
     _open: OpenCount,
 }
 
@@ -117,6 +192,7 @@ impl Connection {
     fn new(
         stream: TcpStream,
         slot: Option<OwnedSemaphorePermit>,
+        address: AddressSlot,
         opening_timeout: Duration,
         metrics: Metrics,
     ) -> Connection {
@@ -129,6 +205,7 @@ impl Connection {
             _open: metrics.connection_opened(),
             metrics,
             _slot: slot,
+            _address: address,
         }
     }
 }
@@ -159,7 +236,8 @@ impl AsyncRead for Connection {
             Poll::Pending => {
                 ready!(opening.deadline.as_mut().poll(cx));
                 this.opening = None;
-                this.metrics.connection_timed_out();
+                this.metrics
+                    .connection_closed(ClosedConnection::OpeningTimeout);
                 // Not logged: a flood of silent connections would flood the log; the metric
                 // counts them.
                 Poll::Ready(Err(io::Error::new(
@@ -233,6 +311,7 @@ mod tests {
         let (incoming, addr) = listener().await;
         let limits = ConnectionLimits {
             max_connections: 0,
+            max_connections_per_address: 0,
             opening_timeout: Duration::from_millis(200),
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
@@ -292,6 +371,7 @@ mod tests {
         let (incoming, addr) = listener().await;
         let limits = ConnectionLimits {
             max_connections: 2,
+            max_connections_per_address: 0,
             opening_timeout: Duration::from_secs(60),
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
@@ -310,5 +390,37 @@ mod tests {
             .await
             .expect("accepted once the first closed");
         assert!(third.expect("third").is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_address_may_hold_only_its_share_and_gets_it_back_when_one_closes() {
+        let (incoming, addr) = listener().await;
+        let limits = ConnectionLimits {
+            max_connections: 0,
+            max_connections_per_address: 2,
+            opening_timeout: Duration::from_secs(60),
+        };
+        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let first = accepted.next().await.expect("first").expect("accepted");
+        let _second = accepted.next().await.expect("second").expect("accepted");
+        // The third is closed as soon as it is accepted, while the stream waits for the next.
+        let waiting = tokio::time::timeout(Duration::from_millis(300), accepted.next()).await;
+        assert!(waiting.is_err(), "nothing more to accept");
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), clients[2].read(&mut byte))
+            .await
+            .expect("closed by the listener");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+        drop(first);
+        let _fourth_client = TcpStream::connect(addr).await.expect("connect");
+        let fourth = tokio::time::timeout(Duration::from_secs(5), accepted.next())
+            .await
+            .expect("the address has room again");
+        assert!(fourth.expect("fourth").is_ok());
     }
 }

@@ -67,7 +67,7 @@ pub struct Metrics {
     payloads_refused: Counter<u64>,
     open_streams: UpDownCounter<i64>,
     open_connections: UpDownCounter<i64>,
-    connections_timed_out: Counter<u64>,
+    connections_closed: Counter<u64>,
     dead_letters_written: Counter<u64>,
     dead_letters_failed: Counter<u64>,
     rpc: RpcMetrics,
@@ -132,10 +132,11 @@ impl Metrics {
                 .i64_up_down_counter("telemetry-gateway.connections.open")
                 .with_description("Connections open on the gRPC port")
                 .build(),
-            connections_timed_out: meter
-                .u64_counter("telemetry-gateway.connections.timed_out")
+            connections_closed: meter
+                .u64_counter("telemetry-gateway.connections.closed")
                 .with_description(
-                    "Connections closed because they sent too little within the opening timeout",
+                    "Connections the gateway closed before any HTTP, by reason \
+                     (opening_timeout, address_limit)",
                 )
                 .build(),
             dead_letters_written: meter
@@ -215,9 +216,10 @@ impl Metrics {
         OpenCount::new(&self.open_connections)
     }
 
-    /// A connection was closed for sending too little within the opening timeout.
-    pub fn connection_timed_out(&self) {
-        self.connections_timed_out.add(1, &[]);
+    /// The gateway closed a connection before any HTTP, for `reason`.
+    pub fn connection_closed(&self, reason: ClosedConnection) {
+        self.connections_closed
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
     }
 
     /// A `RecordEvents` stream ended: `total` events across its payloads.
@@ -316,6 +318,25 @@ impl Metrics {
                 KeyValue::new("cause", cause),
             ],
         );
+    }
+}
+
+/// Why the gateway closed a connection before any HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedConnection {
+    /// It sent too little within the opening timeout.
+    OpeningTimeout,
+    /// Its IP address already had as many connections open as one address may.
+    AddressLimit,
+}
+
+impl ClosedConnection {
+    /// The `reason` attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedConnection::OpeningTimeout => "opening_timeout",
+            ClosedConnection::AddressLimit => "address_limit",
+        }
     }
 }
 
