@@ -135,9 +135,10 @@ pub struct ServerConfig {
     pub max_inflight_bytes: usize,
 
     /// Most connections open at once on the gRPC port (`0`: no limit). At the limit the gateway
-    /// stops accepting, and new connections wait in the kernel's backlog until one closes; keep
-    /// it below the process's open-file limit (`ulimit -n`), so that a flood of connections
-    /// cannot use up the file descriptors the sinks need.
+    /// stops accepting, and new connections wait in the kernel's backlog until one closes. It
+    /// must stay below the open-file limit, so that a flood of connections cannot use up the
+    /// file descriptors the sinks need: the gateway raises its soft limit to the hard one at
+    /// start, and warns when this leaves fewer than 256 for the rest (`ulimit -n`).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
 
@@ -149,9 +150,9 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = ConnectionLimits::default().max_connections_per_address)]
     pub max_connections_per_address: usize,
 
-    /// How long a new connection may take to send its first 24 bytes (the HTTP/2 preface, or
-    /// the start of an HTTP/1 request) before it is closed (`0`: no limit): a connection that
-    /// sends nothing is otherwise kept for ever.
+    /// How long a new connection may take to send its first 24 bytes (the HTTP/2 preface) or a
+    /// whole HTTP/1 request head before it is closed (`0`: no limit): a connection that sends
+    /// nothing is otherwise kept for ever.
     #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connection_opening_timeout: std::time::Duration,
 

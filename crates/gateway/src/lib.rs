@@ -158,6 +158,7 @@ pub async fn run(
     if config.server.diagnostics_secret.is_none() {
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }
+    open_file_limit(config.server.max_connections);
     let listener = TcpListener::bind(config.server.listen_addr())
         .await
         .with_context(|| format!("listening on {} (PORT)", config.server.listen_addr()))?;
@@ -243,6 +244,40 @@ pub async fn run(
 
 /// Serves `GET /metrics` on a port of its own (`TELEMETRY_GATEWAY_METRICS_PORT`) until the
 /// process exits: scrapes keep working while the gateway drains.
+/// File descriptors kept for everything but the connections: files, sinks, the metrics port.
+const FILE_HEADROOM: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (Rust, unlike Go, leaves it where it was
+/// inherited: often 1,024), and warns when `max_connections` would not leave room for the rest,
+/// since the connection limit only protects the other file descriptors if it binds first.
+fn open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = raised,
+            Err(error) => tracing::debug!(%error, "cannot raise the open-file limit"),
+        }
+    }
+    let Some(files) = limit.current else {
+        return;
+    };
+    let connections = max_connections as u64;
+    if connections == 0 || connections + FILE_HEADROOM > files {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = files,
+            "TELEMETRY_GATEWAY_MAX_CONNECTIONS does not leave {FILE_HEADROOM} file descriptors \
+             below the open-file limit: a flood of connections could use up the ones the sinks \
+             need; lower it, or raise the limit (ulimit -n)"
+        );
+    }
+}
+
 async fn serve_metrics(address: SocketAddr, registry: prometheus::Registry) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .await

@@ -157,3 +157,47 @@ fn durations_take_the_forms_operators_write() {
         }
     }
 }
+
+/// The gateway raises its soft open-file limit to the hard one, and warns when the connection
+/// limit would not leave file descriptors for the rest below it.
+#[test]
+fn a_connection_limit_at_the_open_file_limit_is_a_warning() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let hard: u64 = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4))
+        .and_then(|hard| hard.parse().ok())
+        .expect("a hard open-file limit");
+    let near = (hard.saturating_sub(100)).max(1).to_string();
+    let mut gateway = GatewayProcess::start(&[("TELEMETRY_GATEWAY_MAX_CONNECTIONS", &near)]);
+    gateway.address();
+    let warning = gateway
+        .lines()
+        .into_iter()
+        .find(|line| {
+            line["level"] == "WARN"
+                && line["message"]
+                    .as_str()
+                    .is_some_and(|text| text.starts_with("TELEMETRY_GATEWAY_MAX_CONNECTIONS"))
+        })
+        .unwrap_or_else(|| panic!("no warning logged: {:#?}", gateway.lines()));
+    assert_eq!(
+        warning["open_file_limit"], hard,
+        "raised to the hard limit: {warning}"
+    );
+    assert!(gateway.terminate().success());
+
+    // The default (4,096) leaves room under this machine's limit, if it is high enough.
+    if hard >= 4096 + 256 {
+        let mut gateway = GatewayProcess::start(&[]);
+        gateway.address();
+        let warned = gateway.lines().into_iter().any(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|text| text.starts_with("TELEMETRY_GATEWAY_MAX_CONNECTIONS"))
+        });
+        assert!(!warned, "{:#?}", gateway.lines());
+        assert!(gateway.terminate().success());
+    }
+}

@@ -22,9 +22,12 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::metrics::{ClosedConnection, Metrics, OpenCount};
 
 /// What a new connection must send within the opening timeout: as many bytes as the HTTP/2
-/// client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), which is also less than any HTTP/1 request
-/// with a `Host` header.
+/// client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`), or a whole HTTP/1 request head (which
+/// may be shorter: `GET / HTTP/1.0\r\n\r\n`).
 pub const OPENING_BYTES: usize = 24;
+
+/// The end of an HTTP/1 request head.
+const HEAD_END: &[u8] = b"\r\n\r\n";
 
 /// How long the listener pauses after a failed `accept` (out of file descriptors, say) before it
 /// tries again, rather than spinning on the same error.
@@ -81,7 +84,8 @@ pub fn limited(
                         return Some((Err(error), incoming));
                     }
                 };
-                let Some(address) = addresses.admit(&stream) else {
+                let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+                let Some(address) = addresses.admit(peer) else {
                     // Closed here and counted, not logged: a flood of them would flood the log.
                     metrics.connection_closed(ClosedConnection::AddressLimit);
                     continue;
@@ -109,16 +113,13 @@ impl Addresses {
         }
     }
 
-    /// Counts `stream` against its address, unless the address is at its limit.
-    fn admit(self: &Arc<Self>, stream: &TcpStream) -> Option<AddressSlot> {
-        if self.max == 0 {
-            return Some(AddressSlot(None));
-        }
-        // A peer whose address cannot be read is already gone; HTTP will notice.
-        let Ok(peer) = stream.peer_addr() else {
+    /// Counts a connection from `peer` against its address, unless the address is at its limit.
+    /// A peer whose address could not be read (already gone: HTTP will notice) is not counted.
+    fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<AddressSlot> {
+        let Some(peer) = peer.filter(|_| self.max > 0) else {
             return Some(AddressSlot(None));
         };
-        let ip = peer.ip().to_canonical();
+        let ip = sender(peer);
         let mut open = self
             .open
             .lock()
@@ -145,6 +146,16 @@ impl Addresses {
     }
 }
 
+/// The address a connection is counted against: its IPv4 address (an IPv4-mapped IPv6 address
+/// counts as the IPv4 one), or the /64 network of its IPv6 address, since one IPv6 host usually
+/// has a whole /64 to choose its addresses from.
+fn sender(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// A connection's place in its address's count, given back when the connection closes.
 #[derive(Debug)]
 struct AddressSlot(Option<(Arc<Addresses>, IpAddr)>);
@@ -167,6 +178,8 @@ async fn take_slot(slots: Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePe
         "connection limit reached: new connections wait until one closes \
          (TELEMETRY_GATEWAY_MAX_CONNECTIONS)"
     );
+    // The semaphore is never closed; `None` would end the accept loop, which tonic takes as
+    // the listener's end.
     slots.acquire_owned().await.ok()
 }
 
@@ -185,7 +198,22 @@ pub struct Connection {
 #[derive(Debug)]
 struct Opening {
     deadline: Pin<Box<Sleep>>,
+    /// The first bytes received, up to [`OPENING_BYTES`].
+    first: [u8; OPENING_BYTES],
     received: usize,
+}
+
+impl Opening {
+    /// Notes `bytes` received; whether the connection has now opened.
+    fn received(&mut self, bytes: &[u8]) -> bool {
+        let take = bytes.len().min(OPENING_BYTES - self.received);
+        self.first[self.received..self.received + take].copy_from_slice(&bytes[..take]);
+        self.received += take;
+        self.received == OPENING_BYTES
+            || self.first[..self.received]
+                .windows(HEAD_END.len())
+                .any(|window| window == HEAD_END)
+    }
 }
 
 impl Connection {
@@ -200,6 +228,7 @@ impl Connection {
             stream,
             opening: (!opening_timeout.is_zero()).then(|| Opening {
                 deadline: Box::pin(tokio::time::sleep(opening_timeout)),
+                first: [0; OPENING_BYTES],
                 received: 0,
             }),
             _open: metrics.connection_opened(),
@@ -218,16 +247,16 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         let Some(opening) = &mut this.opening else {
             return polled;
         };
         match &polled {
             Poll::Ready(Ok(())) => {
-                let read = buf.filled().len() - before;
-                opening.received += read;
-                // Enough bytes, or the end of the stream (which HTTP then handles).
-                if read == 0 || opening.received >= OPENING_BYTES {
+                let read = &buf.filled()[before..];
+                // Opened, or the end of the stream (which HTTP then handles).
+                if (read.is_empty() && room) || opening.received(read) {
                     this.opening = None;
                 }
                 polled
@@ -242,8 +271,8 @@ impl AsyncRead for Connection {
                 // counts them.
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the connection sent nothing within the opening timeout \
-                     (TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT)",
+                    "the connection sent fewer than 24 bytes and no whole request within the \
+                     opening timeout (TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT)",
                 )))
             }
         }
@@ -329,7 +358,11 @@ mod tests {
             let mut received = [0; 64];
             let mut total = 0;
             let error = loop {
-                match connection.read(&mut received[total..]).await {
+                let read = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.read(&mut received[total..]),
+                );
+                match read.await.expect("cut within 5 s") {
                     Ok(n) => total += n,
                     Err(error) => break error,
                 }
@@ -422,5 +455,68 @@ mod tests {
             .await
             .expect("the address has room again");
         assert!(fourth.expect("fourth").is_ok());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_share_the_ipv4_count_and_ipv6_counts_by_network() {
+        let addresses = Arc::new(Addresses::new(1));
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        let held = addresses.admit(Some(v4)).expect("room");
+        assert!(addresses.admit(Some(mapped)).is_none(), "the same address");
+        drop(held);
+        let _held = addresses.admit(Some(mapped)).expect("room again");
+
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let same_network: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let other_network: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        let _one = addresses.admit(Some(one)).expect("room");
+        assert!(
+            addresses.admit(Some(same_network)).is_none(),
+            "the same /64"
+        );
+        assert!(addresses.admit(Some(other_network)).is_some());
+        assert!(
+            addresses.admit(None).is_some(),
+            "an unknown peer is not counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_opening_bytes_add_up_across_reads_and_a_short_http1_request_is_enough() {
+        let (incoming, addr) = listener().await;
+        let limits = ConnectionLimits {
+            max_connections: 0,
+            max_connections_per_address: 0,
+            opening_timeout: Duration::from_millis(200),
+        };
+        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+        for pieces in [
+            vec![&b"PRI * HTTP/2"[..], b".0\r\n\r\nSM\r\n\r\n"],
+            vec![&b"GET / HTTP/1.0\r\n\r\n"[..]],
+        ] {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            let mut connection = accepted
+                .next()
+                .await
+                .expect("a connection")
+                .expect("accepted");
+            let mut received = Vec::new();
+            for piece in &pieces {
+                client.write_all(piece).await.expect("send");
+                let mut chunk = [0u8; 64];
+                let n = connection.read(&mut chunk).await.expect("read");
+                received.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(received, pieces.concat());
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            client.write_all(b"more").await.expect("send");
+            let mut more = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), connection.read_exact(&mut more))
+                .await
+                .expect("in time")
+                .expect("opened: no deadline any more");
+            assert_eq!(&more, b"more");
+        }
     }
 }

@@ -345,11 +345,12 @@ impl BudgetedBody {
             let limits = self.limits();
             // A stream's metadata is held to its own limit once decompressed as well: every
             // event of the stream repeats it downstream.
-            let metadata = !self.unary && self.messages == 1;
+            // (Unless the decoded-message limit is the smaller one: then it is the one to name.)
+            let metadata = !self.unary
+                && self.messages == 1
+                && limits.max_metadata_bytes <= limits.max_decoded_message_bytes;
             let max = if metadata {
-                limits
-                    .max_metadata_bytes
-                    .min(limits.max_decoded_message_bytes)
+                limits.max_metadata_bytes
             } else {
                 limits.max_decoded_message_bytes
             };
