@@ -156,6 +156,13 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_OPENING_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub connection_opening_timeout: std::time::Duration,
 
+    /// How long a connection may live before the gateway asks its client to reconnect (HTTP/2
+    /// `GOAWAY`: streams in progress finish, within their lifetime; `0`: no limit). Without it an
+    /// HTTP/2 connection that opens no stream but answers pings is kept for ever, and a client's
+    /// connection stays on one instance however the service scales.
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub max_connection_age: std::time::Duration,
+
     /// How long a payload may wait for room in the memory budget before it is refused.
     #[arg(long, env = "TELEMETRY_GATEWAY_INFLIGHT_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub inflight_wait: std::time::Duration,

@@ -191,6 +191,7 @@ pub async fn run(
             max_connections: config.server.max_connections,
             max_connections_per_address: config.server.max_connections_per_address,
             opening_timeout: config.server.connection_opening_timeout,
+            max_age: config.server.max_connection_age,
         },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -773,3 +773,45 @@ async fn silent_connections_are_closed_and_the_connection_limit_queues_others() 
     );
     gateway.terminate();
 }
+
+/// An HTTP/2 connection that opens no stream is asked to go away (`GOAWAY`) and closed once it
+/// reaches its maximum age, however well it answers: without the age it was kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_sent_away_at_its_maximum_age() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const GOAWAY: u8 = 0x7;
+    let mut gateway = GatewayProcess::start(&[("TELEMETRY_GATEWAY_MAX_CONNECTION_AGE", "1s")]);
+    let addr = gateway.address();
+    let mut connection = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    // The client preface and an empty SETTINGS frame; then nothing.
+    connection
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("send");
+    // Frames until a GOAWAY (a client that answers its PING is then closed at once; one that
+    // does not, after the grace its streams have to end).
+    let mut received = Vec::new();
+    let goaway = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = connection.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed without a GOAWAY: {received:?}");
+            received.extend_from_slice(&chunk[..n]);
+            let mut rest = &received[..];
+            while rest.len() >= 9 {
+                let len =
+                    usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+                if rest[3] == GOAWAY {
+                    return started.elapsed();
+                }
+                rest = &rest[(9 + len).min(rest.len())..];
+            }
+        }
+    })
+    .await
+    .expect("a GOAWAY within 10 s");
+    assert!(goaway >= Duration::from_millis(900), "sent at {goaway:?}");
+    drop(connection);
+    assert!(gateway.terminate().success());
+}

@@ -45,6 +45,12 @@ pub struct ConnectionLimits {
     /// How long a new connection may take to send its first [`OPENING_BYTES`] bytes before it
     /// is closed (zero: no limit).
     pub opening_timeout: Duration,
+    /// How long a connection may live before the gateway asks its client to go elsewhere
+    /// (HTTP/2 `GOAWAY`; its streams may finish, within their lifetime) (zero: no limit). An
+    /// HTTP/2 connection that opens no stream and answers the keepalive pings is otherwise
+    /// kept for ever; and a client's long-lived connection would otherwise stay on one instance
+    /// as the service scales.
+    pub max_age: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -53,6 +59,7 @@ impl Default for ConnectionLimits {
             max_connections: 4096,
             max_connections_per_address: 1024,
             opening_timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -342,6 +349,7 @@ mod tests {
             max_connections: 0,
             max_connections_per_address: 0,
             opening_timeout: Duration::from_millis(200),
+            max_age: Duration::ZERO,
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
 
@@ -406,6 +414,7 @@ mod tests {
             max_connections: 2,
             max_connections_per_address: 0,
             opening_timeout: Duration::from_secs(60),
+            max_age: Duration::ZERO,
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
         let _clients: Vec<TcpStream> =
@@ -432,6 +441,7 @@ mod tests {
             max_connections: 0,
             max_connections_per_address: 2,
             opening_timeout: Duration::from_secs(60),
+            max_age: Duration::ZERO,
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
         let mut clients = Vec::new();
@@ -489,6 +499,7 @@ mod tests {
             max_connections: 0,
             max_connections_per_address: 0,
             opening_timeout: Duration::from_millis(200),
+            max_age: Duration::ZERO,
         };
         let mut accepted = Box::pin(limited(incoming, limits, metrics()));
         for pieces in [

@@ -132,11 +132,19 @@ pub async fn serve(
     // at the sender while there is no room. Everything per call (metrics, drain gate, span) sits
     // inside, in the handlers: tonic answers a stream when its handler returns, so a layer here
     // would not see how the stream ends.
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(max_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if !options.connections.max_age.is_zero() {
+        // No `max_connection_age_grace`: with one, tonic skips the GOAWAY and cuts the
+        // connection at age + grace. Without, the streams in progress finish after the GOAWAY,
+        // each within its lifetime, and a client that stops answering pings is cut by the
+        // keepalive.
+        server = server.max_connection_age(options.connections.max_age);
+    }
+    server
         .layer(budget_layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
