@@ -1,8 +1,9 @@
-//! Limits on the connections themselves, before any HTTP: how many may be open at once, and how
-//! soon a new one must start talking. Without them a connection that never sends a byte is kept
-//! for ever (HTTP/1's header timeout and HTTP/2's keepalive start only once it has spoken), and
-//! enough of them use up the process's file descriptors, so that no one else can connect
-//! (docs/security.md).
+//! Limits on the connections themselves, before any HTTP: how many may be open at once, in all
+//! and from one address, and how soon a new one must start talking (and [`ConnectionLimits`]
+//! carries how long one may live, which `crate::serve` hands to tonic). Without them a
+//! connection that never sends a byte is kept for ever (HTTP/1's header timeout and HTTP/2's
+//! keepalive start only once it has spoken), and enough of them use up the process's file
+//! descriptors, so that no one else can connect (docs/security.md).
 
 use std::collections::HashMap;
 use std::io;
@@ -42,8 +43,8 @@ pub struct ConnectionLimits {
     /// The most connections open at once from one IP address (0: no limit); one more is closed
     /// as soon as it is accepted, so that one sender cannot take every slot.
     pub max_connections_per_address: usize,
-    /// How long a new connection may take to send its first [`OPENING_BYTES`] bytes before it
-    /// is closed (zero: no limit).
+    /// How long a new connection may take to send its first [`OPENING_BYTES`] bytes, or a whole
+    /// HTTP/1 request head, before it is closed (zero: no limit).
     pub opening_timeout: Duration,
     /// How long a connection may live before the gateway asks its client to go elsewhere
     /// (HTTP/2 `GOAWAY`; its streams may finish, within their lifetime) (zero: no limit). An
