@@ -1,6 +1,8 @@
 //! The real `telemetry-gateway` binary as a child process, for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod exposition;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
