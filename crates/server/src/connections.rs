@@ -337,22 +337,34 @@ mod tests {
         Metrics::new(&opentelemetry::global::meter("test"))
     }
 
-    async fn listener() -> (TcpListenerStream, std::net::SocketAddr) {
+    /// No limit at all; each test sets the ones it is about.
+    const NO_LIMITS: ConnectionLimits = ConnectionLimits {
+        max_connections: 0,
+        max_connections_per_address: 0,
+        opening_timeout: Duration::ZERO,
+        max_age: Duration::ZERO,
+    };
+
+    /// A listener on a free port, its connections accepted within `limits`.
+    async fn accepting(
+        limits: ConnectionLimits,
+    ) -> (
+        Pin<Box<impl Stream<Item = io::Result<Connection>>>>,
+        std::net::SocketAddr,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        (TcpListenerStream::new(listener), addr)
+        let incoming = TcpListenerStream::new(listener);
+        (Box::pin(limited(incoming, limits, metrics())), addr)
     }
 
     #[tokio::test]
     async fn a_connection_that_sends_too_little_is_closed_after_the_opening_timeout() {
-        let (incoming, addr) = listener().await;
-        let limits = ConnectionLimits {
-            max_connections: 0,
-            max_connections_per_address: 0,
+        let (mut accepted, addr) = accepting(ConnectionLimits {
             opening_timeout: Duration::from_millis(200),
-            max_age: Duration::ZERO,
-        };
-        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+            ..NO_LIMITS
+        })
+        .await;
 
         // Silent, and then a few bytes short of the preface: both are cut.
         for sent in [&b""[..], b"PRI * HTTP/2.0"] {
@@ -410,14 +422,12 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_limit_a_new_connection_waits_until_one_closes() {
-        let (incoming, addr) = listener().await;
-        let limits = ConnectionLimits {
+        let (mut accepted, addr) = accepting(ConnectionLimits {
             max_connections: 2,
-            max_connections_per_address: 0,
             opening_timeout: Duration::from_secs(60),
-            max_age: Duration::ZERO,
-        };
-        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+            ..NO_LIMITS
+        })
+        .await;
         let _clients: Vec<TcpStream> =
             futures::future::join_all((0..3).map(|_| TcpStream::connect(addr)))
                 .await
@@ -437,14 +447,12 @@ mod tests {
 
     #[tokio::test]
     async fn one_address_may_hold_only_its_share_and_gets_it_back_when_one_closes() {
-        let (incoming, addr) = listener().await;
-        let limits = ConnectionLimits {
-            max_connections: 0,
+        let (mut accepted, addr) = accepting(ConnectionLimits {
             max_connections_per_address: 2,
             opening_timeout: Duration::from_secs(60),
-            max_age: Duration::ZERO,
-        };
-        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+            ..NO_LIMITS
+        })
+        .await;
         let mut clients = Vec::new();
         for _ in 0..3 {
             clients.push(TcpStream::connect(addr).await.expect("connect"));
@@ -495,14 +503,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_opening_bytes_add_up_across_reads_and_a_short_http1_request_is_enough() {
-        let (incoming, addr) = listener().await;
-        let limits = ConnectionLimits {
-            max_connections: 0,
-            max_connections_per_address: 0,
+        let (mut accepted, addr) = accepting(ConnectionLimits {
             opening_timeout: Duration::from_millis(200),
-            max_age: Duration::ZERO,
-        };
-        let mut accepted = Box::pin(limited(incoming, limits, metrics()));
+            ..NO_LIMITS
+        })
+        .await;
         for pieces in [
             vec![&b"PRI * HTTP/2"[..], b".0\r\n\r\nSM\r\n\r\n"],
             vec![&b"GET / HTTP/1.0\r\n\r\n"[..]],
