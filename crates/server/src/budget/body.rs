@@ -683,6 +683,13 @@ mod tests {
         .encode_to_vec()
     }
 
+    fn gzip(message: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(message).expect("in memory");
+        encoder.finish().expect("in memory")
+    }
+
     /// A request body of `chunks`, then its end.
     fn body(chunks: Vec<Vec<u8>>) -> Body {
         let frames = chunks
@@ -733,12 +740,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_compressed_message_is_passed_on_decompressed() {
-        use std::io::Write;
         let budget = InflightBudget::new(1 << 24, Duration::from_millis(100));
         let message = events(5);
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&message).expect("in memory");
-        let compressed = encoder.finish().expect("in memory");
+        let compressed = gzip(&message);
         let input = body(vec![frame(&compressed, true)]);
         let (body, _ledger) = budgeted(&budget, &metrics(), input, false, Some("gzip"), None);
         assert_eq!(read(body).await.expect("admitted"), frame(&message, false));
@@ -783,18 +787,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_compressed_metadata_message_is_held_to_the_metadata_limit_once_decompressed() {
-        use std::io::Write;
         let limits = Limits {
             max_metadata_bytes: 1024,
             ..Limits::default()
         };
         let budget = InflightBudget::unlimited().with_limits(limits);
-        let gzip = |message: &[u8]| {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            encoder.write_all(message).expect("in memory");
-            encoder.finish().expect("in memory")
-        };
         // 64 KiB of zeros, a valid message (field 15, bytes) of far more than the limit, in a
         // few hundred bytes on the wire.
         let mut bomb = vec![0x7a, 0x80, 0x80, 0x04];
