@@ -163,6 +163,13 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTION_AGE", default_value = "10m", value_parser = parse_duration)]
     pub max_connection_age: std::time::Duration,
 
+    /// How long after its maximum age a connection is closed whatever it is doing. Unset: the
+    /// stream lifetime and a minute, so that the streams in progress at the `GOAWAY` end within
+    /// their lifetime and only streams that never end (a gRPC health `Watch`, a reflection stream
+    /// never half-closed) are cut.
+    #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTION_AGE_GRACE", value_parser = parse_duration)]
+    pub max_connection_age_grace: Option<std::time::Duration>,
+
     /// How long a payload may wait for room in the memory budget before it is refused.
     #[arg(long, env = "TELEMETRY_GATEWAY_INFLIGHT_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub inflight_wait: std::time::Duration,

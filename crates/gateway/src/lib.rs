@@ -192,6 +192,9 @@ pub async fn run(
             max_connections_per_address: config.server.max_connections_per_address,
             opening_timeout: config.server.connection_opening_timeout,
             max_age: config.server.max_connection_age,
+            max_age_grace: config.server.max_connection_age_grace.unwrap_or_else(|| {
+                ConnectionLimits::grace_for(config.limits.stream_lifetime.into())
+            }),
         },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -243,8 +246,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves `GET /metrics` on a port of its own (`TELEMETRY_GATEWAY_METRICS_PORT`) until the
-/// process exits: scrapes keep working while the gateway drains.
 /// File descriptors kept for everything but the connections: files, sinks, the metrics port.
 const FILE_HEADROOM: u64 = 256;
 
@@ -254,7 +255,9 @@ const FILE_HEADROOM: u64 = 256;
 fn open_file_limit(max_connections: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
+    // The soft limit is at most the hard one, so they differ when it is lower (`None` is
+    // unlimited, which some systems refuse for open files: then it stays as it is).
+    if limit.current != limit.maximum {
         let raised = rustix::process::Rlimit {
             current: limit.maximum,
             maximum: limit.maximum,
@@ -279,6 +282,8 @@ fn open_file_limit(max_connections: usize) {
     }
 }
 
+/// Serves `GET /metrics` on a port of its own (`TELEMETRY_GATEWAY_METRICS_PORT`) until the
+/// process exits: scrapes keep working while the gateway drains.
 async fn serve_metrics(address: SocketAddr, registry: prometheus::Registry) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address)
         .await

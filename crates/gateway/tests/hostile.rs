@@ -785,7 +785,7 @@ async fn an_idle_http2_connection_is_sent_away_at_its_maximum_age() {
         .await
         .expect("send");
     // Frames until a GOAWAY (a client that answers its PING is then closed at once; one that
-    // does not, after the grace its streams have to end).
+    // does not, by the keepalive or at the grace after the age, whichever comes first).
     let mut received = Vec::new();
     let goaway = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -808,5 +808,44 @@ async fn an_idle_http2_connection_is_sent_away_at_its_maximum_age() {
     .expect("a GOAWAY within 10 s");
     assert!(goaway >= Duration::from_millis(900), "sent at {goaway:?}");
     drop(connection);
+    assert!(gateway.terminate().success());
+}
+
+/// A stream that never ends (a gRPC health `Watch`) does not keep its connection past the maximum
+/// age: the connection is closed, the stream with it, once the grace after the age is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_ends_with_its_connection_at_the_maximum_age_and_grace() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut gateway = GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_MAX_CONNECTION_AGE", "1s"),
+        ("TELEMETRY_GATEWAY_MAX_CONNECTION_AGE_GRACE", "1s"),
+    ]);
+    let addr = gateway.address();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watching")
+        .into_inner();
+    let first = watch.message().await.expect("the first status");
+    assert!(first.is_some(), "the watch starts with the current status");
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the watch ends within 10 s");
+    let elapsed = started.elapsed();
+    assert!(ended.is_err(), "cut with its connection: {ended:?}");
+    assert!(elapsed >= Duration::from_millis(1800), "cut at {elapsed:?}");
+
+    let response = get(addr, "/metrics", None).await.expect("served");
+    Exposition::parse(&response.body).assert_family(
+        "telemetry_gateway_connections_closed_total",
+        &[("reason=\"max_age\"", 1.0)],
+    );
     assert!(gateway.terminate().success());
 }

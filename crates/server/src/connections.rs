@@ -3,7 +3,10 @@
 //! carries how long one may live, which `crate::serve` hands to tonic). Without them a
 //! connection that never sends a byte is kept for ever (HTTP/1's header timeout and HTTP/2's
 //! keepalive start only once it has spoken), and enough of them use up the process's file
-//! descriptors, so that no one else can connect (docs/security.md).
+//! descriptors, so that no one else can connect (docs/security.md). A connection is also closed,
+//! streams and all, [`ConnectionLimits::max_age_grace`] after its maximum age: the `GOAWAY` at
+//! the age ends only clients that go, and a stream without a lifetime (a health `Watch`, a
+//! reflection stream never half-closed) would otherwise keep its connection for ever.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,6 +33,10 @@ pub const OPENING_BYTES: usize = 24;
 /// The end of an HTTP/1 request head.
 const HEAD_END: &[u8] = b"\r\n\r\n";
 
+/// The end of an HTTP/1 request head whose lines end in a bare line feed, which HTTP/1 parsers
+/// accept too.
+const BARE_HEAD_END: &[u8] = b"\n\n";
+
 /// How long the listener pauses after a failed `accept` (out of file descriptors, say) before it
 /// tries again, rather than spinning on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -52,6 +59,11 @@ pub struct ConnectionLimits {
     /// kept for ever; and a client's long-lived connection would otherwise stay on one instance
     /// as the service scales.
     pub max_age: Duration,
+    /// How long after `max_age` the connection is closed whatever it is doing (with no
+    /// `max_age`, never): long enough for the streams in progress at the `GOAWAY` to end within
+    /// their lifetime and answer their last payload, so that only streams that never end (a
+    /// health `Watch`, a reflection stream never half-closed) are cut.
+    pub max_age_grace: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -61,7 +73,17 @@ impl Default for ConnectionLimits {
             max_connections_per_address: 1024,
             opening_timeout: Duration::from_secs(10),
             max_age: Duration::from_secs(10 * 60),
+            max_age_grace: ConnectionLimits::grace_for(crate::Limits::default().stream_lifetime),
         }
+    }
+}
+
+impl ConnectionLimits {
+    /// The grace after the maximum age for streams that live at most `stream_lifetime`: their
+    /// lifetime, and a minute to answer the payload in progress when it ends (a sink may take
+    /// 30 s to give up on a publish).
+    pub fn grace_for(stream_lifetime: Duration) -> Duration {
+        stream_lifetime + Duration::from_secs(60)
     }
 }
 
@@ -98,8 +120,7 @@ pub fn limited(
                     metrics.connection_closed(ClosedConnection::AddressLimit);
                     continue;
                 };
-                let connection =
-                    Connection::new(stream, slot, address, limits.opening_timeout, metrics);
+                let connection = Connection::new(stream, slot, address, &limits, metrics);
                 return Some((Ok(connection), incoming));
             }
         }
@@ -191,12 +212,16 @@ async fn take_slot(slots: Arc<Semaphore>, max: usize) -> Option<OwnedSemaphorePe
     slots.acquire_owned().await.ok()
 }
 
-/// An accepted connection: the TCP stream, its slot, and the opening deadline until the
-/// connection has sent its first bytes.
+/// An accepted connection: the TCP stream, its slot, the opening deadline until the connection
+/// has sent its first bytes, and the end of its life.
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
     opening: Option<Opening>,
+    /// When the connection is closed whatever it is doing: its maximum age and the grace after.
+    end_of_life: Option<Pin<Box<Sleep>>>,
+    /// The end of life has come: every read and write fails from then on.
+    ended: bool,
     metrics: Metrics,
     _slot: Option<OwnedSemaphorePermit>,
     _address: AddressSlot,
@@ -217,10 +242,11 @@ impl Opening {
         let take = bytes.len().min(OPENING_BYTES - self.received);
         self.first[self.received..self.received + take].copy_from_slice(&bytes[..take]);
         self.received += take;
+        let first = &self.first[..self.received];
         self.received == OPENING_BYTES
-            || self.first[..self.received]
-                .windows(HEAD_END.len())
-                .any(|window| window == HEAD_END)
+            || [HEAD_END, BARE_HEAD_END]
+                .iter()
+                .any(|end| first.windows(end.len()).any(|window| window == *end))
     }
 }
 
@@ -229,21 +255,49 @@ impl Connection {
         stream: TcpStream,
         slot: Option<OwnedSemaphorePermit>,
         address: AddressSlot,
-        opening_timeout: Duration,
+        limits: &ConnectionLimits,
         metrics: Metrics,
     ) -> Connection {
         Connection {
             stream,
-            opening: (!opening_timeout.is_zero()).then(|| Opening {
-                deadline: Box::pin(tokio::time::sleep(opening_timeout)),
+            opening: (!limits.opening_timeout.is_zero()).then(|| Opening {
+                deadline: Box::pin(tokio::time::sleep(limits.opening_timeout)),
                 first: [0; OPENING_BYTES],
                 received: 0,
             }),
+            end_of_life: (!limits.max_age.is_zero())
+                .then(|| Box::pin(tokio::time::sleep(limits.max_age + limits.max_age_grace))),
+            ended: false,
             _open: metrics.connection_opened(),
             metrics,
             _slot: slot,
             _address: address,
         }
+    }
+
+    /// The error every read and write returns once the connection's life has ended.
+    fn ended() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection outlived its maximum age and the grace after it \
+             (TELEMETRY_GATEWAY_MAX_CONNECTION_AGE)",
+        )
+    }
+
+    /// Whether the connection's life has ended (counted once, when it ends). Every read and
+    /// write asks, so that the end also wakes a connection whose client is silent.
+    fn poll_end_of_life(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(end_of_life) = &mut self.end_of_life else {
+            return self.ended;
+        };
+        if end_of_life.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.end_of_life = None;
+        self.ended = true;
+        // Not logged: every connection that outlives its age would log; the metric counts them.
+        self.metrics.connection_closed(ClosedConnection::MaxAge);
+        true
     }
 }
 
@@ -254,6 +308,9 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.poll_end_of_life(cx) {
+            return Poll::Ready(Err(Connection::ended()));
+        }
         let before = buf.filled().len();
         let room = buf.remaining() > 0;
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -293,6 +350,9 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_end_of_life(cx) {
+            return Poll::Ready(Err(Connection::ended()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -301,6 +361,9 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_end_of_life(cx) {
+            return Poll::Ready(Err(Connection::ended()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -343,6 +406,7 @@ mod tests {
         max_connections_per_address: 0,
         opening_timeout: Duration::ZERO,
         max_age: Duration::ZERO,
+        max_age_grace: Duration::ZERO,
     };
 
     /// A listener on a free port, its connections accepted within `limits`.
@@ -410,14 +474,67 @@ mod tests {
             .expect("accepted");
         let mut opening = [0; OPENING_BYTES];
         connection.read_exact(&mut opening).await.expect("read");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        client.write_all(b"later").await.expect("send");
+        // The read waits past the deadline before the bytes come.
         let mut later = [0; 5];
-        connection
-            .read_exact(&mut later)
-            .await
-            .expect("no timeout any more");
+        let (read, _) = tokio::join!(connection.read_exact(&mut later), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client.write_all(b"later").await.expect("send");
+        });
+        read.expect("no timeout any more");
         assert_eq!(&later, b"later");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_at_its_maximum_age_and_grace_whether_silent_or_busy() {
+        let (mut accepted, addr) = accepting(ConnectionLimits {
+            max_age: Duration::from_millis(200),
+            max_age_grace: Duration::from_millis(200),
+            ..NO_LIMITS
+        })
+        .await;
+
+        // A silent client: the read waiting on it ends in an error, and so does every write.
+        let _silent = TcpStream::connect(addr).await.expect("connect");
+        let mut connection = accepted.next().await.expect("one").expect("accepted");
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let error = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut buf))
+            .await
+            .expect("ended within 5 s")
+            .expect_err("the end of life is an error");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(connection.write_all(b"late").await.is_err());
+
+        // A client that never stops sending, so that a read never waits: cut all the same.
+        let mut busy = TcpStream::connect(addr).await.expect("connect");
+        let mut connection = accepted.next().await.expect("two").expect("accepted");
+        let started = tokio::time::Instant::now();
+        let sending =
+            tokio::spawn(async move { while busy.write_all(&[b'x'; 4096]).await.is_ok() {} });
+        let mut read = 0;
+        let error = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match connection.read(&mut buf).await {
+                    Ok(0) => panic!("the client closed"),
+                    Ok(n) => read += n,
+                    Err(error) => break error,
+                }
+            }
+        })
+        .await
+        .expect("ended within 5 s");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(read > 0, "it read until the end");
+        assert!(started.elapsed() >= Duration::from_millis(350));
+        drop(connection);
+        sending
+            .await
+            .expect("the sender stops once the connection is gone");
     }
 
     #[tokio::test]
@@ -511,6 +628,7 @@ mod tests {
         for pieces in [
             vec![&b"PRI * HTTP/2"[..], b".0\r\n\r\nSM\r\n\r\n"],
             vec![&b"GET / HTTP/1.0\r\n\r\n"[..]],
+            vec![&b"GET / HTTP/1.0\n\n"[..]],
         ] {
             let mut client = TcpStream::connect(addr).await.expect("connect");
             let mut connection = accepted
@@ -526,12 +644,16 @@ mod tests {
                 received.extend_from_slice(&chunk[..n]);
             }
             assert_eq!(received, pieces.concat());
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            client.write_all(b"more").await.expect("send");
+            // The read waits past the deadline before the bytes come.
             let mut more = [0u8; 4];
-            tokio::time::timeout(Duration::from_secs(5), connection.read_exact(&mut more))
-                .await
-                .expect("in time")
+            let (read, _) = tokio::join!(
+                tokio::time::timeout(Duration::from_secs(5), connection.read_exact(&mut more)),
+                async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    client.write_all(b"more").await.expect("send");
+                }
+            );
+            read.expect("in time")
                 .expect("opened: no deadline any more");
             assert_eq!(&more, b"more");
         }

@@ -140,8 +140,8 @@ pub async fn serve(
     if !options.connections.max_age.is_zero() {
         // No `max_connection_age_grace`: with one, tonic skips the GOAWAY and cuts the
         // connection at age + grace. Without, the streams in progress finish after the GOAWAY,
-        // each within its lifetime, and a client that stops answering pings is cut by the
-        // keepalive.
+        // each within its lifetime, a client that stops answering pings is cut by the
+        // keepalive, and `connections` closes what is left at age + grace.
         server = server.max_connection_age(options.connections.max_age);
     }
     server

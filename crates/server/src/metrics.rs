@@ -328,6 +328,8 @@ pub enum ClosedConnection {
     OpeningTimeout,
     /// Its IP address already had as many connections open as one address may.
     AddressLimit,
+    /// It was still open at its maximum age and the grace after it.
+    MaxAge,
 }
 
 impl ClosedConnection {
@@ -336,6 +338,7 @@ impl ClosedConnection {
         match self {
             ClosedConnection::OpeningTimeout => "opening_timeout",
             ClosedConnection::AddressLimit => "address_limit",
+            ClosedConnection::MaxAge => "max_age",
         }
     }
 }

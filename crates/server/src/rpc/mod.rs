@@ -6,7 +6,7 @@
 //!
 //! | # | concern | where | why here |
 //! |---|---|---|---|
-//! | 0 | connections open at once, how soon each must speak | [`connections`](crate::connections) | bounds connections before any HTTP |
+//! | 0 | connections open at once, how soon each must speak, when each is closed | [`connections`](crate::connections) | bounds connections before any HTTP |
 //! | 1 | HTTP/2: streams per connection, keepalive | `crate::serve` (tonic) | bounds a connection before any of our work |
 //! | 2 | memory budget and sender limits on the request body | [`BudgetLayer`](crate::budget::BudgetLayer) | a tower layer: it must see the bytes before tonic decodes them, and hold a message at the sender while there is no room |
 //! | 3 | RPC metrics (`started`, `handled`, messages) | [`metrics`], counted by [`Call`] and the stream halves | every call is counted, the refused ones too |
@@ -17,10 +17,10 @@
 //! | 8 | refusals counted and logged once | `ServerError::report` | where the call ends, so each is counted once |
 //! | 9 | the stream's closing line and metrics | [`closing`] | after the outcome is known, before the last status is sent |
 //!
-//! Only 1 and 2 are tower layers (0 wraps the accepted connections). The rest cannot be: tonic answers a stream as soon as its
-//! handler returns, while the stream goes on in a task of its own, so a layer around the
-//! handler would see neither its messages nor how it ends; they are helpers the handler
-//! composes instead, the same for the stream and the unary call.
+//! Only 1 and 2 are tower layers (0 wraps the accepted connections). The rest cannot be: tonic
+//! answers a stream as soon as its handler returns, while the stream goes on in a task of its
+//! own, so a layer around the handler would see neither its messages nor how it ends; they are
+//! helpers the handler composes instead, the same for the stream and the unary call.
 
 use tonic::Status;
 
