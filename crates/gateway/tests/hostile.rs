@@ -777,8 +777,9 @@ async fn an_idle_http2_connection_is_sent_away_at_its_maximum_age() {
     const GOAWAY: u8 = 0x7;
     let mut gateway = GatewayProcess::start(&[("TELEMETRY_GATEWAY_MAX_CONNECTION_AGE", "1s")]);
     let addr = gateway.address();
-    let mut connection = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Before the connect: the age counts from the accept, which may come first.
     let started = Instant::now();
+    let mut connection = tokio::net::TcpStream::connect(addr).await.expect("connect");
     // The client preface and an empty SETTINGS frame; then nothing.
     connection
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
@@ -847,5 +848,51 @@ async fn a_health_watch_ends_with_its_connection_at_the_maximum_age_and_grace() 
         "telemetry_gateway_connections_closed_total",
         &[("reason=\"max_age\"", 1.0)],
     );
+    assert!(gateway.terminate().success());
+}
+
+/// Health and reflection calls, outside the memory budget, are limited in all: beyond 256 in
+/// progress (here health `Watch` streams held open from three connections) a call is refused at
+/// once, and the limit's room comes back when calls end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_calls_in_progress_are_limited_across_connections() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut gateway = GatewayProcess::start(&[]);
+    let addr = gateway.address();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(HealthClient::new(channel));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..300 {
+        match clients[i % 3].watch(HealthCheckRequest::default()).await {
+            Ok(watch) => held.push(watch.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (256, 44));
+    held.clear();
+    // The calls that ended gave their room back (the gateway sees the streams reset shortly).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match clients[0].check(HealthCheckRequest::default()).await {
+            Ok(_) => break,
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("still refused after the watches ended: {status:?}"),
+        }
+    }
     assert!(gateway.terminate().success());
 }

@@ -434,12 +434,13 @@ mod tests {
         for sent in [&b""[..], b"PRI * HTTP/2.0"] {
             let mut client = TcpStream::connect(addr).await.expect("connect");
             client.write_all(sent).await.expect("send");
+            // Before the accept, where the deadline starts.
+            let started = tokio::time::Instant::now();
             let mut connection = accepted
                 .next()
                 .await
                 .expect("a connection")
                 .expect("accepted");
-            let started = tokio::time::Instant::now();
             let mut received = [0; 64];
             let mut total = 0;
             let error = loop {
@@ -495,8 +496,8 @@ mod tests {
 
         // A silent client: the read waiting on it ends in an error, and so does every write.
         let _silent = TcpStream::connect(addr).await.expect("connect");
-        let mut connection = accepted.next().await.expect("one").expect("accepted");
         let started = tokio::time::Instant::now();
+        let mut connection = accepted.next().await.expect("one").expect("accepted");
         let mut buf = [0u8; 64];
         let error = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut buf))
             .await
@@ -512,8 +513,8 @@ mod tests {
 
         // A client that never stops sending, so that a read never waits: cut all the same.
         let mut busy = TcpStream::connect(addr).await.expect("connect");
-        let mut connection = accepted.next().await.expect("two").expect("accepted");
         let started = tokio::time::Instant::now();
+        let mut connection = accepted.next().await.expect("two").expect("accepted");
         let sending =
             tokio::spawn(async move { while busy.write_all(&[b'x'; 4096]).await.is_ok() {} });
         let mut read = 0;
@@ -621,7 +622,7 @@ mod tests {
     #[tokio::test]
     async fn the_opening_bytes_add_up_across_reads_and_a_short_http1_request_is_enough() {
         let (mut accepted, addr) = accepting(ConnectionLimits {
-            opening_timeout: Duration::from_millis(200),
+            opening_timeout: Duration::from_millis(500),
             ..NO_LIMITS
         })
         .await;
@@ -649,7 +650,7 @@ mod tests {
             let (read, _) = tokio::join!(
                 tokio::time::timeout(Duration::from_secs(5), connection.read_exact(&mut more)),
                 async {
-                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
                     client.write_all(b"more").await.expect("send");
                 }
             );

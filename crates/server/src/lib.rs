@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared_limit::{CallPermits, MAX_SMALL_SERVICE_CALLS};
 use telemetry_gateway_proto::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -31,6 +32,7 @@ pub mod rate_limit;
 pub mod rpc;
 pub mod secret;
 pub mod service;
+mod shared_limit;
 pub mod skim;
 pub mod source;
 pub mod tracing_context;
@@ -178,6 +180,9 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
     let events =
         GrpcService::new(gateway).max_decoding_message_size(options.max_receive_message_bytes);
 
+    // Health and reflection share one limit on their calls in progress, so that their requests
+    // (outside the budget) cannot hold more than `MAX_SMALL_SERVICE_CALLS` x 16 KiB together.
+    let small_calls = CallPermits::new(MAX_SMALL_SERVICE_CALLS);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcService>().await;
     let health_service = health_service.max_decoding_message_size(SMALL_REQUEST_BYTES);
@@ -195,7 +200,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
 
     Ok(Routes::from(diagnostics)
         .add_service(events)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+        .add_service(small_calls.limit(health_service))
+        .add_service(small_calls.limit(reflection_v1))
+        .add_service(small_calls.limit(reflection_v1alpha)))
 }

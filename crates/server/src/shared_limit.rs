@@ -1,0 +1,185 @@
+//! One limit on the calls in progress across several gRPC services: the health and reflection
+//! services, which sit outside the memory budget. Each of their calls may hold a request of up
+//! to 16 KiB (`SMALL_REQUEST_BYTES` in `crate::serve`), and a connection may hold 100 of them, so
+//! without a limit across connections their memory grows with the connections open
+//! (docs/security.md). A call beyond the limit is refused at once (`ResourceExhausted`) rather
+//! than queued: a health check should fail fast, and a queued call would hold its stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tower::Service;
+
+/// The calls in progress at once across the health and reflection services.
+pub const MAX_SMALL_SERVICE_CALLS: usize = 256;
+
+/// The permits the services wrapped in [`SharedLimit`] share.
+#[derive(Debug, Clone)]
+pub struct CallPermits {
+    permits: Arc<Semaphore>,
+    calls: usize,
+}
+
+impl CallPermits {
+    /// At most `calls` calls in progress at once.
+    pub fn new(calls: usize) -> CallPermits {
+        CallPermits {
+            permits: Arc::new(Semaphore::new(calls)),
+            calls,
+        }
+    }
+
+    /// `service`, its calls counted against these permits.
+    pub fn limit<S>(&self, service: S) -> SharedLimit<S> {
+        SharedLimit {
+            inner: service,
+            permits: self.clone(),
+        }
+    }
+}
+
+/// A gRPC service whose calls each hold one of a shared set of permits until their response
+/// has been sent (a streaming response, such as a health `Watch`, holds it while it streams).
+#[derive(Debug, Clone)]
+pub struct SharedLimit<S> {
+    inner: S,
+    permits: CallPermits,
+}
+
+impl<S: NamedService> NamedService for SharedLimit<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for SharedLimit<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Ok(permit) = self.permits.permits.clone().try_acquire_owned() else {
+            let refused = tonic::Status::resource_exhausted(format!(
+                "too many health and reflection calls in progress (at most {} at once); \
+                 try again later",
+                self.permits.calls
+            ));
+            return futures::future::ready(Ok(refused.into_http())).boxed();
+        };
+        self.inner
+            .call(request)
+            .map(|response| {
+                response.map(|response| {
+                    response.map(|body| {
+                        Body::new(Permitted {
+                            body,
+                            _permit: permit,
+                        })
+                    })
+                })
+            })
+            .boxed()
+    }
+}
+
+/// A response body and the permit its call holds until the body is dropped.
+struct Permitted {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for Permitted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn code(response: &http::Response<Body>) -> tonic::Code {
+        tonic::Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |s| s.code())
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_the_shared_limit_are_refused_until_a_response_is_done() {
+        let permits = CallPermits::new(2);
+        // A response with a message still to send, as a gRPC call's is when its handler returns.
+        let service = tower::service_fn(|_: http::Request<()>| async {
+            let message = http_body_util::Full::new(Bytes::from_static(b"message"));
+            Ok::<_, Infallible>(http::Response::new(Body::new(message)))
+        });
+        let (mut one, mut other) = (permits.limit(service), permits.limit(service));
+        let first = one
+            .ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await;
+        let second = other
+            .ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await;
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        assert_eq!(
+            (code(&first), code(&second)),
+            (tonic::Code::Ok, tonic::Code::Ok)
+        );
+
+        // Both permits are held by the responses not yet sent, across the two services.
+        let refused = one
+            .ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await;
+        let refused = refused.expect("a response");
+        assert_eq!(code(&refused), tonic::Code::ResourceExhausted);
+
+        // The permit comes back when the response is done (sent, or dropped).
+        drop(first);
+        let third = other
+            .ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await;
+        assert_eq!(code(&third.expect("third")), tonic::Code::Ok);
+        drop(second);
+    }
+}
