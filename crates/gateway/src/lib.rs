@@ -159,6 +159,10 @@ pub async fn run(
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }
     open_file_limit(config.server.max_connections);
+    log_memory_bound(
+        config.server.max_inflight_bytes,
+        config.server.max_connections,
+    );
     let listener = TcpListener::bind(config.server.listen_addr())
         .await
         .with_context(|| format!("listening on {} (PORT)", config.server.listen_addr()))?;
@@ -279,6 +283,28 @@ fn open_file_limit(max_connections: usize) {
              below the open-file limit: a flood of connections could use up the ones the sinks \
              need; lower it, or raise the limit (ulimit -n)"
         );
+    }
+}
+
+/// Says at start what senders can make the gateway hold at most, so that an operator can size
+/// the container (or `TELEMETRY_GATEWAY_MAX_CONNECTIONS`) to it.
+fn log_memory_bound(budget_bytes: usize, max_connections: usize) {
+    const MIB: u64 = 1024 * 1024;
+    match telemetry_gateway_server::memory_bound(budget_bytes, max_connections) {
+        Some(bound) => tracing::info!(
+            bound_mib = bound.div_ceil(MIB),
+            budget_mib = budget_bytes as u64 / MIB,
+            max_connections,
+            window_mib = u64::from(telemetry_gateway_server::CONNECTION_WINDOW_BYTES) / MIB,
+            "senders can make the gateway hold at most {} MiB: the memory budget, one HTTP/2 \
+             window per connection and 4 MiB of health and reflection calls \
+             (docs/security.md); the container needs this and about 64 MiB more",
+            bound.div_ceil(MIB)
+        ),
+        None => tracing::warn!(
+            "the memory senders can make the gateway hold is not bounded: \
+             TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES or TELEMETRY_GATEWAY_MAX_CONNECTIONS is 0"
+        ),
     }
 }
 

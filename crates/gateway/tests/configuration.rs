@@ -201,3 +201,33 @@ fn a_connection_limit_at_the_open_file_limit_is_a_warning() {
         assert!(gateway.terminate().success());
     }
 }
+
+#[test]
+fn the_memory_senders_can_make_it_hold_is_logged_at_start() {
+    let mut gateway = GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", "67108864"),
+        ("TELEMETRY_GATEWAY_MAX_CONNECTIONS", "100"),
+    ]);
+    gateway.address();
+    let line = gateway
+        .lines()
+        .into_iter()
+        .find(|line| line["bound_mib"].is_number())
+        .unwrap_or_else(|| panic!("no memory bound logged: {:#?}", gateway.lines()));
+    // 64 MiB of budget, 100 connections' 1 MiB windows, 4 MiB of health and reflection calls.
+    assert_eq!(line["bound_mib"], 168, "{line}");
+    assert_eq!(line["max_connections"], 100, "{line}");
+    assert!(gateway.terminate().success());
+
+    // With the connection limit off, nothing bounds it, and the gateway says so.
+    let mut gateway = GatewayProcess::start(&[("TELEMETRY_GATEWAY_MAX_CONNECTIONS", "0")]);
+    gateway.address();
+    let warned = gateway.lines().into_iter().any(|line| {
+        line["level"] == "WARN"
+            && line["message"]
+                .as_str()
+                .is_some_and(|text| text.contains("is not bounded"))
+    });
+    assert!(warned, "{:#?}", gateway.lines());
+    assert!(gateway.terminate().success());
+}

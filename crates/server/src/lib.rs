@@ -137,6 +137,8 @@ pub async fn serve(
     let mut server = tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(max_streams)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if !options.connections.max_age.is_zero() {
@@ -152,6 +154,30 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// The most bytes a sender may have sent on one HTTP/2 connection that the gateway has not read
+/// yet: the connection's flow-control window, and each stream's (hyper's default, set here so
+/// that [`memory_bound`] stays true). A stream waiting for room in the budget, or whose previous
+/// payload is still being published, leaves its next bytes unread, so each connection may hold
+/// up to this outside the budget. An HTTP/1 connection holds less: hyper reads a request head
+/// into at most about 400 KiB.
+pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// The most memory that senders can make the gateway hold, beyond its own fixed needs (the
+/// runtime, the sinks' buffers): the budget, one flow-control window per connection, and the
+/// health and reflection calls. `None` when the budget or the connection limit is off, since
+/// then nothing bounds it (docs/security.md).
+pub fn memory_bound(budget_bytes: usize, max_connections: usize) -> Option<u64> {
+    if budget_bytes == 0 || max_connections == 0 {
+        return None;
+    }
+    let small_calls = MAX_SMALL_SERVICE_CALLS * SMALL_REQUEST_BYTES;
+    Some(
+        budget_bytes as u64
+            + max_connections as u64 * u64::from(CONNECTION_WINDOW_BYTES)
+            + small_calls as u64,
+    )
 }
 
 /// Binds `addr`; a convenience for callers that do not need the listener first.
