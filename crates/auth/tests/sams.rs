@@ -126,16 +126,19 @@ async fn answers_are_cached_until_their_ttl() {
     let sams = FakeSams::start().await;
     sams.grant("active", TokenGrant::active(&[WRITE_EVENTS_SCOPE]));
     sams.grant("inactive", TokenGrant::inactive());
+    // TTLs far apart, so that a loaded machine's slow round trips cannot make the positive
+    // answer expire before it is checked between the two (an expiry is checked after a sleep
+    // longer than its TTL, which no delay can make too short).
     let client = client_for(&sams, |config| {
-        config.cache.positive_ttl = Duration::from_millis(300);
-        config.cache.negative_ttl = Duration::from_millis(150);
+        config.cache.positive_ttl = Duration::from_secs(3);
+        config.cache.negative_ttl = Duration::from_millis(300);
     });
     for _ in 0..3 {
         client.introspect("active").await.expect("answered");
         client.introspect("inactive").await.expect("answered");
     }
     assert_eq!(sams.introspection_calls(), 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     client.introspect("inactive").await.expect("answered");
     client.introspect("active").await.expect("answered");
     assert_eq!(
@@ -143,7 +146,7 @@ async fn answers_are_cached_until_their_ttl() {
         3,
         "only the negative answer expired"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     client.introspect("active").await.expect("answered");
     assert_eq!(sams.introspection_calls(), 4);
 }
@@ -151,7 +154,9 @@ async fn answers_are_cached_until_their_ttl() {
 #[tokio::test]
 async fn an_answer_is_not_cached_past_the_tokens_expiry() {
     let sams = FakeSams::start().await;
-    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    // Far enough ahead that setting up and the first call cannot reach it on a loaded machine,
+    // and well within the 60 s the answer would otherwise be cached for.
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(3);
     sams.grant(
         "short",
         TokenGrant::active(&[WRITE_EVENTS_SCOPE]).expiring_at(soon),
@@ -160,7 +165,7 @@ async fn an_answer_is_not_cached_past_the_tokens_expiry() {
     client.introspect("short").await.expect("answered");
     client.introspect("short").await.expect("answered");
     assert_eq!(sams.introspection_calls(), 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     client.introspect("short").await.expect("answered");
     assert_eq!(sams.introspection_calls(), 2);
 }

@@ -282,18 +282,32 @@ async fn each_refusal_writes_one_dead_letter_to_the_directory_and_acknowledgemen
     let records = wait_for_ndjson_lines(dead_letter_dir.path(), REFUSED.len()).await;
     check_records(&records, &license_key);
 
-    let metrics = telemetry_gateway_testkit::http::get(addr, "/metrics", None)
-        .await
-        .expect("served");
-    for (_, reason) in REFUSED {
+    // A dead letter is counted once synced, which may be after its line can be read: wait.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = telemetry_gateway_testkit::http::get(addr, "/metrics", None)
+            .await
+            .expect("served");
+        let uncounted: Vec<&str> = REFUSED
+            .iter()
+            .map(|(_, reason)| *reason)
+            .filter(|reason| {
+                !metrics.body.lines().any(|line| {
+                    line.starts_with("telemetry_gateway_dead_letters_written_total{")
+                        && line.contains(&format!("reason=\"{reason}\""))
+                        && line.ends_with(" 1")
+                })
+            })
+            .collect();
+        if uncounted.is_empty() {
+            break;
+        }
         assert!(
-            metrics.body.lines().any(|line| line
-                .starts_with("telemetry_gateway_dead_letters_written_total{")
-                && line.contains(&format!("reason=\"{reason}\""))
-                && line.ends_with(" 1")),
-            "no written dead letter counted for {reason}:\n{}",
+            Instant::now() < deadline,
+            "no written dead letter counted for {uncounted:?}:\n{}",
             metrics.body
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

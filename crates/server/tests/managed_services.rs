@@ -318,25 +318,17 @@ async fn a_revoked_token_stops_working_within_the_cache_ttl() {
         .await
         .expect("accepted before revocation");
     managed.sams.revoke(VALID);
-    let revoked_at = Instant::now();
-    loop {
-        match unary(&managed.gateway, &headers, simple_event("after")).await {
-            Ok(()) => assert!(
-                revoked_at.elapsed() < ttl + Duration::from_millis(200),
-                "still accepted {:?} after revocation",
-                revoked_at.elapsed()
-            ),
-            Err(status) => {
-                assert_eq!(
-                    (status.code(), status.message()),
-                    (Code::PermissionDenied, "permission denied")
-                );
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(revoked_at.elapsed() <= ttl + Duration::from_millis(200));
+    // The answer was cached before the revocation, so it has expired once the TTL has passed
+    // since then (the margin covers the cache's clock); sleeping is never too short, however
+    // loaded the machine.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let status = unary(&managed.gateway, &headers, simple_event("after"))
+        .await
+        .expect_err("denied once the cached answer expired");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, "permission denied")
+    );
     assert_eq!(managed.sams.introspection_calls(), 2);
 }
 

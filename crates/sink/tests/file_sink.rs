@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -453,16 +454,36 @@ async fn shutdown_drains_queued_batches() {
     faults.delay_syncs(Duration::from_millis(100));
     let sink = Arc::new(sink);
 
+    let (queued_tx, mut queued_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for publisher in 0..8 {
         let sink = Arc::clone(&sink);
+        let queued_tx = queued_tx.clone();
         tasks.push(tokio::spawn(async move {
             let batch = events(&format!("queued{publisher}"), 2);
-            (sink.publish(&batch).await, batch)
+            let outcomes = {
+                let mut publish = sink.publish(&batch);
+                // One poll queues the batch: with the queue's byte budget free (and this new
+                // task's cooperative budget unspent) the publish takes its share at once, sends
+                // the batch to the writer and only then waits, for the answer.
+                let first_poll = futures::poll!(&mut publish);
+                queued_tx
+                    .send(())
+                    .expect("the test waits for every publisher");
+                match first_poll {
+                    Poll::Ready(outcomes) => outcomes,
+                    Poll::Pending => publish.await,
+                }
+            };
+            (outcomes, batch)
         }));
     }
-    // The first group is still in its slow fsync; the rest wait in the queue.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(queued_tx);
+    // Shut down only once every batch is queued (one published after shutdown is refused, which
+    // is not what this test is about); with the fsyncs slowed, they are still being written.
+    for _ in 0..8 {
+        queued_rx.recv().await.expect("a publisher's batch queued");
+    }
     sink.shutdown().await.expect("shutdown");
 
     let stored = stored_bytes(sink.dir());

@@ -150,8 +150,8 @@ impl GatewayProcess {
     }
 }
 
-/// Every line of the `*.ndjson` files in `dir`, parsed, files in name order (none if `dir` does
-/// not exist).
+/// Every complete line of the `*.ndjson` files in `dir`, parsed, files in name order (none if
+/// `dir` does not exist).
 pub fn ndjson_lines(dir: &Path) -> Vec<Value> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -164,10 +164,12 @@ pub fn ndjson_lines(dir: &Path) -> Vec<Value> {
     files
         .iter()
         .flat_map(|path| {
-            std::fs::read_to_string(path)
+            std::fs::read(path)
                 .expect("readable")
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                .split_inclusive(|&byte| byte == b'\n')
+                // A last line without its line break may still be being written: not yet a line.
+                .filter(|line| line.ends_with(b"\n"))
+                .map(|line| serde_json::from_slice(line).expect("each line is JSON"))
                 .collect::<Vec<Value>>()
         })
         .collect()
