@@ -85,6 +85,23 @@ pub struct Config {
     pub sanity_check: bool,
 }
 
+impl Config {
+    /// The limits on connections, from the server's settings and the stream lifetime.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.server.max_connections,
+            max_connections_per_address: self.server.max_connections_per_address,
+            opening_timeout: self.server.connection_opening_timeout,
+            max_age: self.server.max_connection_age,
+            max_age_grace: self
+                .server
+                .max_connection_age_grace
+                .unwrap_or_else(|| ConnectionLimits::grace_for(self.limits.stream_lifetime.into())),
+            window_bytes: self.server.connection_window_bytes,
+        }
+    }
+}
+
 /// Where and how the gateway listens.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Server")]
@@ -145,11 +162,12 @@ pub struct ServerConfig {
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
 
-    /// Most connections open at once from one IP address (`0`: no limit); one more is closed as
-    /// soon as it is accepted, so that one sender cannot take every connection. Behind a proxy
-    /// or load balancer every connection comes from its addresses: keep the limit well above
-    /// the connections it may open (on Cloud Run an instance serves at most `concurrency`
-    /// requests at once).
+    /// Most connections open at once from one IP address, or one IPv6 /64 (`0`: no limit); one
+    /// more is closed as soon as it is accepted, so that one sender cannot take every connection
+    /// nor hold more than this many connections' unread bytes (docs/security.md). Behind a
+    /// proxy or load balancer every connection comes from its addresses: keep the limit well
+    /// above the connections it may open (on Cloud Run an instance serves at most `concurrency`
+    /// requests at once; `deploy/` sets 1024).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = ConnectionLimits::default().max_connections_per_address)]
     pub max_connections_per_address: usize,
 
@@ -172,6 +190,14 @@ pub struct ServerConfig {
     /// never half-closed) are cut.
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTION_AGE_GRACE", value_parser = parse_duration)]
     pub max_connection_age_grace: Option<std::time::Duration>,
+
+    /// How many bytes a sender may send on an HTTP/2 connection, and on each of its streams,
+    /// before the gateway has read them (the flow-control windows; 65535 to 2147483647). What
+    /// waits unread is outside the memory budget, so this bounds what each connection may hold
+    /// there (the bound is logged at start; docs/security.md); a larger window lets a distant
+    /// sender send faster.
+    #[arg(long, env = "TELEMETRY_GATEWAY_CONNECTION_WINDOW_BYTES", default_value_t = ConnectionLimits::default().window_bytes, value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub connection_window_bytes: u32,
 
     /// How long a payload may wait for room in the memory budget before it is refused.
     #[arg(long, env = "TELEMETRY_GATEWAY_INFLIGHT_WAIT", default_value = "2s", value_parser = parse_duration)]

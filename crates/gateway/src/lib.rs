@@ -158,11 +158,9 @@ pub async fn run(
     if config.server.diagnostics_secret.is_none() {
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }
-    open_file_limit(config.server.max_connections);
-    log_memory_bound(
-        config.server.max_inflight_bytes,
-        config.server.max_connections,
-    );
+    let connections = config.connection_limits();
+    open_file_limit(connections.max_connections);
+    log_memory_bound(config.server.max_inflight_bytes, &connections);
     let listener = TcpListener::bind(config.server.listen_addr())
         .await
         .with_context(|| format!("listening on {} (PORT)", config.server.listen_addr()))?;
@@ -191,15 +189,7 @@ pub async fn run(
         version: version::version().to_string(),
         diagnostics_secret: config.server.diagnostics_secret.clone(),
         prometheus,
-        connections: ConnectionLimits {
-            max_connections: config.server.max_connections,
-            max_connections_per_address: config.server.max_connections_per_address,
-            opening_timeout: config.server.connection_opening_timeout,
-            max_age: config.server.max_connection_age,
-            max_age_grace: config.server.max_connection_age_grace.unwrap_or_else(|| {
-                ConnectionLimits::grace_for(config.limits.stream_lifetime.into())
-            }),
-        },
+        connections,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = telemetry_gateway_server::serve(listener, gateway, options, async {
@@ -288,16 +278,16 @@ fn open_file_limit(max_connections: usize) {
 
 /// Says at start what senders can make the gateway hold at most, so that an operator can size
 /// the container (or `TELEMETRY_GATEWAY_MAX_CONNECTIONS`) to it.
-fn log_memory_bound(budget_bytes: usize, max_connections: usize) {
+fn log_memory_bound(budget_bytes: usize, connections: &ConnectionLimits) {
     const MIB: u64 = 1024 * 1024;
-    match telemetry_gateway_server::memory_bound(budget_bytes, max_connections) {
+    match telemetry_gateway_server::memory_bound(budget_bytes, connections) {
         Some(bound) => tracing::info!(
             bound_mib = bound.div_ceil(MIB),
             budget_mib = budget_bytes as u64 / MIB,
-            max_connections,
-            window_mib = u64::from(telemetry_gateway_server::CONNECTION_WINDOW_BYTES) / MIB,
-            "senders can make the gateway hold at most {} MiB: the memory budget, one HTTP/2 \
-             window per connection and 4 MiB of health and reflection calls \
+            max_connections = connections.max_connections,
+            window_bytes = connections.window_bytes,
+            "senders can make the gateway hold at most {} MiB: the memory budget, three HTTP/2 \
+             windows per connection and 4 MiB of health and reflection calls \
              (docs/security.md); the container needs this and about 64 MiB more",
             bound.div_ceil(MIB)
         ),

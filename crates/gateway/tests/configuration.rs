@@ -214,8 +214,9 @@ fn the_memory_senders_can_make_it_hold_is_logged_at_start() {
         .into_iter()
         .find(|line| line["bound_mib"].is_number())
         .unwrap_or_else(|| panic!("no memory bound logged: {:#?}", gateway.lines()));
-    // 64 MiB of budget, 100 connections' 1 MiB windows, 4 MiB of health and reflection calls.
-    assert_eq!(line["bound_mib"], 168, "{line}");
+    // 64 MiB of budget, 100 connections of three 1 MiB windows, 4 MiB of health and reflection
+    // calls.
+    assert_eq!(line["bound_mib"], 368, "{line}");
     assert_eq!(line["max_connections"], 100, "{line}");
     assert!(gateway.terminate().success());
 

@@ -896,3 +896,148 @@ async fn health_and_reflection_calls_in_progress_are_limited_across_connections(
     }
     assert!(gateway.terminate().success());
 }
+
+/// The flow-control window term of the memory bound (docs/security.md, "The memory bound"): a
+/// connection whose `RecordEvents` stream waits for room in the budget makes the gateway hold
+/// about its 1 MiB window of unread bytes, however the sender frames them. Each attacker sends
+/// its window as 1-byte and 256-byte DATA frames (within h2's budget for small frames), each
+/// followed by an 8,000-byte frame of an unknown type (ignored, outside flow control), so that
+/// every DATA payload lands in a read buffer of its own; the budget's receive part is held by
+/// two slow senders meanwhile. Before h2 copied DATA payloads out of its read buffer
+/// (vendor/h2/PATCHED.md) each payload kept its buffer: 530 MiB for these 10 connections.
+/// Peak RSS must stay within the logged bound and the overhead, and a normal sender is served
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_windows_framed_to_pin_read_buffers_stay_within_the_memory_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SMALL_BUDGET: usize = 16 * MIB;
+    let window = telemetry_gateway_server::ConnectionLimits::default().window_bytes as usize;
+    const ATTACKERS: usize = 10;
+    // The holders, the attackers, the normal sender and a spare.
+    const MAX_CONNECTIONS: usize = ATTACKERS + 4;
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut frame = len.to_be_bytes()[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags]);
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+    let budget = SMALL_BUDGET.to_string();
+    let max_connections = MAX_CONNECTIONS.to_string();
+    let mut gateway = GatewayProcess::start(&[
+        ("TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES", &budget),
+        ("TELEMETRY_GATEWAY_MAX_CONNECTIONS", &max_connections),
+        ("TELEMETRY_GATEWAY_INFLIGHT_WAIT", "20s"),
+        ("TELEMETRY_GATEWAY_RECEIVE_GRACE", "30s"),
+        ("TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT", "1s"),
+    ]);
+    let addr = gateway.address();
+    let baseline = peak_rss(gateway.pid());
+    // Two connections each hold half the receive part (a quarter of the budget) with a declared
+    // message they do not send: every other stream's next message waits for room.
+    let metadata = framed(&metadata_message(unlicensed_metadata("holder")));
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let client = raw_client();
+        let stream = RawStream::open(&client, addr, None).await;
+        stream.send(metadata.clone()).await;
+        let mut header = vec![0u8];
+        header.extend_from_slice(&((SMALL_BUDGET / 8) as u32).to_be_bytes());
+        stream.send(header).await;
+        holders.push((client, stream));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut headers = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/telemetrygateway.v1.TelemeteryGatewayService/RecordEvents",
+        ),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        // A literal field without indexing, new name, no Huffman coding.
+        headers.extend_from_slice(&[0, name.len() as u8]);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(value.len() as u8);
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let filler = h2_frame(0xee, 0, 0, &[0u8; 8000]);
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACKERS {
+        let connection = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut reader, mut writer) = connection.into_split();
+        // Read (and drop) whatever the gateway sends, so that it never waits on its writes.
+        let drain = tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while matches!(reader.read(&mut chunk).await, Ok(n) if n > 0) {}
+        });
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        opening.extend(h2_frame(0x4, 0, 0, &[]));
+        writer.write_all(&opening).await.expect("send");
+        // The gateway's SETTINGS and connection WINDOW_UPDATE (1 MiB each way) come first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Acknowledging its SETTINGS puts its 1 MiB stream window in force.
+        let mut sent = h2_frame(0x4, 0x1, 0, &[]);
+        sent.extend(h2_frame(0x1, 0x4, 1, &headers));
+        let mut message = framed(&metadata_message(unlicensed_metadata("attacker")));
+        message.push(0);
+        message.extend_from_slice(&(MIB as u32).to_be_bytes());
+        sent.extend(h2_frame(0x0, 0, 1, &message));
+        let mut left = window - message.len() - 4096;
+        for round in 0.. {
+            let size = if round < 2_000 { 1 } else { 256 };
+            if left < size {
+                break;
+            }
+            left -= size;
+            sent.extend(h2_frame(0x0, 0, 1, &vec![b'x'; size]));
+            sent.extend_from_slice(&filler);
+        }
+        writer.write_all(&sent).await.expect("send");
+        attackers.push((writer, drain));
+    }
+    // Until the gateway has read it all: the peak stops growing.
+    let mut peak = peak_rss(gateway.pid());
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = peak_rss(gateway.pid());
+        if now == peak {
+            break;
+        }
+        peak = now;
+    }
+    let limits = telemetry_gateway_server::ConnectionLimits {
+        max_connections: MAX_CONNECTIONS,
+        ..Default::default()
+    };
+    let bound =
+        telemetry_gateway_server::memory_bound(SMALL_BUDGET, &limits).expect("bounded") as usize;
+    println!(
+        "hostile: {ATTACKERS} unread windows framed to pin read buffers: baseline RSS {:.1} MiB, \
+         peak {:.1} MiB (bound {:.1} + overhead {:.1})",
+        mib(baseline),
+        mib(peak),
+        mib(bound),
+        mib(OVERHEAD)
+    );
+    drop(attackers);
+    drop(holders);
+    normal_send(addr, 0).await;
+    assert!(
+        peak <= bound + OVERHEAD,
+        "peak RSS {:.1} MiB exceeds the memory bound plus overhead {:.1} MiB",
+        mib(peak),
+        mib(bound + OVERHEAD)
+    );
+    assert!(
+        gateway.wait_exit(Duration::ZERO).is_none(),
+        "the gateway died"
+    );
+    gateway.terminate();
+}

@@ -64,16 +64,22 @@ pub struct ConnectionLimits {
     /// their lifetime and answer their last payload, so that only streams that never end (a
     /// health `Watch`, a reflection stream never half-closed) are cut.
     pub max_age_grace: Duration,
+    /// How many bytes a sender may send on an HTTP/2 connection, and on each of its streams,
+    /// before the gateway has read them (the flow-control windows). What waits unread is
+    /// outside the memory budget, so this bounds what each connection may hold there
+    /// ([`crate::memory_bound`]); a larger window lets a distant sender send faster.
+    pub window_bytes: u32,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
-            max_connections_per_address: 1024,
+            max_connections_per_address: 64,
             opening_timeout: Duration::from_secs(10),
             max_age: Duration::from_secs(10 * 60),
             max_age_grace: ConnectionLimits::grace_for(crate::Limits::default().stream_lifetime),
+            window_bytes: 1024 * 1024,
         }
     }
 }
@@ -407,6 +413,7 @@ mod tests {
         opening_timeout: Duration::ZERO,
         max_age: Duration::ZERO,
         max_age_grace: Duration::ZERO,
+        window_bytes: 0,
     };
 
     /// A listener on a free port, its connections accepted within `limits`.

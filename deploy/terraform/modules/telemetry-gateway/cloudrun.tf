@@ -22,6 +22,9 @@ locals {
     TELEMETRY_GATEWAY_EVENTS_BIGQUERY_DATASET_ID        = google_bigquery_dataset.events.dataset_id
     TELEMETRY_GATEWAY_EVENTS_BIGQUERY_TABLE_ID          = google_bigquery_table.events.table_id
     TELEMETRY_GATEWAY_MAX_INFLIGHT_BYTES                = tostring(local.max_inflight_bytes)
+    # Every connection comes from Cloud Run's front end, which holds the senders' own: the
+    # per-address limit (64 by default, for senders that connect directly) must not bind.
+    TELEMETRY_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS = "1024"
     # Cloud Run allows 10 s after SIGTERM: the drain, then up to 5 s to export the last traces
     # and metrics and 2 s for Sentry (docs/operations.md).
     TELEMETRY_GATEWAY_SHUTDOWN_TIMEOUT = "3s"
