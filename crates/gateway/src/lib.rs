@@ -159,8 +159,22 @@ pub async fn run(
         tracing::warn!("DIAGNOSTICS_SECRET is not set: /-/healthz is not authenticated");
     }
     let connections = config.connection_limits();
+    let stream_lifetime: std::time::Duration = config.limits.stream_lifetime.into();
+    if !connections.max_age.is_zero() && connections.max_age_grace < stream_lifetime {
+        tracing::warn!(
+            grace = ?connections.max_age_grace,
+            stream_lifetime = ?stream_lifetime,
+            "TELEMETRY_GATEWAY_MAX_CONNECTION_AGE_GRACE is shorter than the stream lifetime: \
+             streams in progress at a connection's maximum age may be cut before they end, \
+             their last payload unanswered (senders retry it)"
+        );
+    }
     open_file_limit(connections.max_connections);
-    log_memory_bound(config.server.max_inflight_bytes, &connections);
+    log_memory_bound(
+        config.server.max_inflight_bytes,
+        config.limits.max_streams_per_connection,
+        &connections,
+    );
     let listener = TcpListener::bind(config.server.listen_addr())
         .await
         .with_context(|| format!("listening on {} (PORT)", config.server.listen_addr()))?;
@@ -278,18 +292,20 @@ fn open_file_limit(max_connections: usize) {
 
 /// Says at start what senders can make the gateway hold at most, so that an operator can size
 /// the container (or `TELEMETRY_GATEWAY_MAX_CONNECTIONS`) to it.
-fn log_memory_bound(budget_bytes: usize, connections: &ConnectionLimits) {
-    const MIB: u64 = 1024 * 1024;
-    match telemetry_gateway_server::memory_bound(budget_bytes, connections) {
+fn log_memory_bound(budget_bytes: usize, max_streams: u32, connections: &ConnectionLimits) {
+    use telemetry_gateway_server::{connection_bound, memory_bound};
+    let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
+    match memory_bound(budget_bytes, max_streams, connections) {
         Some(bound) => tracing::info!(
-            bound_mib = bound.div_ceil(MIB),
-            budget_mib = budget_bytes as u64 / MIB,
+            bound_mib = mib(bound),
+            budget_mib = mib(budget_bytes as u64),
             max_connections = connections.max_connections,
+            connection_kib = connection_bound(max_streams, connections).div_ceil(1024),
             window_bytes = connections.window_bytes,
-            "senders can make the gateway hold at most {} MiB: the memory budget, three HTTP/2 \
-             windows per connection and 4 MiB of health and reflection calls \
+            "senders can make the gateway hold at most {} MiB: the memory budget, what each \
+             connection may leave unread and the health and reflection calls \
              (docs/security.md); the container needs this and about 64 MiB more",
-            bound.div_ceil(MIB)
+            mib(bound)
         ),
         None => tracing::warn!(
             "the memory senders can make the gateway hold is not bounded: \

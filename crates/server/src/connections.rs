@@ -271,8 +271,11 @@ impl Connection {
                 first: [0; OPENING_BYTES],
                 received: 0,
             }),
+            // No end when there is no maximum age, nor when the sum overflows (never, then).
             end_of_life: (!limits.max_age.is_zero())
-                .then(|| Box::pin(tokio::time::sleep(limits.max_age + limits.max_age_grace))),
+                .then(|| limits.max_age.checked_add(limits.max_age_grace))
+                .flatten()
+                .map(|life| Box::pin(tokio::time::sleep(life))),
             ended: false,
             _open: metrics.connection_opened(),
             metrics,
@@ -282,11 +285,11 @@ impl Connection {
     }
 
     /// The error every read and write returns once the connection's life has ended.
-    fn ended() -> io::Error {
+    fn end_of_life_error() -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
             "the connection outlived its maximum age and the grace after it \
-             (TELEMETRY_GATEWAY_MAX_CONNECTION_AGE)",
+             (TELEMETRY_GATEWAY_MAX_CONNECTION_AGE, TELEMETRY_GATEWAY_MAX_CONNECTION_AGE_GRACE)",
         )
     }
 
@@ -315,7 +318,7 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.poll_end_of_life(cx) {
-            return Poll::Ready(Err(Connection::ended()));
+            return Poll::Ready(Err(Connection::end_of_life_error()));
         }
         let before = buf.filled().len();
         let room = buf.remaining() > 0;
@@ -357,7 +360,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.poll_end_of_life(cx) {
-            return Poll::Ready(Err(Connection::ended()));
+            return Poll::Ready(Err(Connection::end_of_life_error()));
         }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -368,7 +371,7 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.poll_end_of_life(cx) {
-            return Poll::Ready(Err(Connection::ended()));
+            return Poll::Ready(Err(Connection::end_of_life_error()));
         }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared_limit::{CallPermits, MAX_SMALL_SERVICE_CALLS};
+use shared_limit::{CallPermits, HEALTH_CHECK_DEADLINE, MAX_SMALL_SERVICE_CALLS};
 use telemetry_gateway_proto::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -139,6 +139,7 @@ pub async fn serve(
         .max_concurrent_streams(max_streams)
         .initial_connection_window_size(options.connections.window_bytes)
         .initial_stream_window_size(options.connections.window_bytes)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if !options.connections.max_age.is_zero() {
@@ -164,23 +165,49 @@ pub async fn serve(
 /// window (`unread_windows_framed_to_pin_read_buffers_stay_within_the_memory_bound`).
 const WINDOWS_PER_CONNECTION: u64 = 3;
 
+/// The most bytes of request headers hyper accepts per HTTP/2 request (its default, set here
+/// so that [`memory_bound`] stays true). A `RecordEvents` stream keeps its request's headers
+/// for its life, since identifying a managed service reads them when the metadata arrives.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// The most an HTTP/1 connection holds: hyper's read buffer for a request head, at most about
+/// 400 KiB (`8192 + 4096 * 100`, its default), until the head is complete.
+const HTTP1_READ_BUFFER_BYTES: u64 = 8192 + 4096 * 100;
+
+/// What one connection may make the gateway hold outside the budget: over HTTP/2, about three
+/// flow-control windows of unread DATA ([`WINDOWS_PER_CONNECTION`]) and each of its streams'
+/// request headers; over HTTP/1, a request head.
+pub fn connection_bound(max_streams_per_connection: u32, connections: &ConnectionLimits) -> u64 {
+    let http2 = WINDOWS_PER_CONNECTION * u64::from(connections.window_bytes)
+        + u64::from(max_streams_per_connection) * u64::from(MAX_HEADER_LIST_BYTES);
+    http2.max(HTTP1_READ_BUFFER_BYTES)
+}
+
 /// The most memory that senders can make the gateway hold, beyond its own fixed needs (the
-/// runtime, the sinks' buffers): the budget, what each connection may leave unread (about three
-/// flow-control windows, [`WINDOWS_PER_CONNECTION`]), and the health and reflection calls.
-/// `None` when the budget or the connection limit is off, since then nothing bounds it
-/// (docs/security.md).
-pub fn memory_bound(budget_bytes: usize, connections: &ConnectionLimits) -> Option<u64> {
+/// runtime, the sinks' buffers): the budget, what each connection may hold outside it
+/// ([`connection_bound`]), and the health and reflection calls (8 MiB). `None` when the budget
+/// or the connection limit is off, since then nothing bounds it (docs/security.md).
+pub fn memory_bound(
+    budget_bytes: usize,
+    max_streams_per_connection: u32,
+    connections: &ConnectionLimits,
+) -> Option<u64> {
     if budget_bytes == 0 || connections.max_connections == 0 {
         return None;
     }
-    let small_calls = MAX_SMALL_SERVICE_CALLS * SMALL_REQUEST_BYTES;
-    let per_connection = WINDOWS_PER_CONNECTION * u64::from(connections.window_bytes);
     Some(
-        budget_bytes as u64
-            + connections.max_connections as u64 * per_connection
-            + small_calls as u64,
+        (budget_bytes as u64)
+            .saturating_add(
+                (connections.max_connections as u64)
+                    .saturating_mul(connection_bound(max_streams_per_connection, connections)),
+            )
+            .saturating_add(SMALL_CALLS_BYTES),
     )
 }
+
+/// What the health and reflection calls may hold together: their requests, in the places for
+/// health checks and for the other calls.
+const SMALL_CALLS_BYTES: u64 = 2 * (MAX_SMALL_SERVICE_CALLS * SMALL_REQUEST_BYTES) as u64;
 
 /// Binds `addr`; a convenience for callers that do not need the listener first.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -210,7 +237,7 @@ async fn routes(gateway: Arc<EventGateway>, options: &ServerOptions) -> Result<R
 
     // Health and reflection share one limit on their calls in progress, so that their requests
     // (outside the budget) cannot hold more than `MAX_SMALL_SERVICE_CALLS` x 16 KiB together.
-    let small_calls = CallPermits::new(MAX_SMALL_SERVICE_CALLS);
+    let small_calls = CallPermits::new(MAX_SMALL_SERVICE_CALLS, HEALTH_CHECK_DEADLINE);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcService>().await;
     let health_service = health_service.max_decoding_message_size(SMALL_REQUEST_BYTES);

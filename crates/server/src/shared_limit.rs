@@ -1,13 +1,17 @@
-//! One limit on the calls in progress across several gRPC services: the health and reflection
-//! services, which sit outside the memory budget. Each of their calls may hold a request of up
-//! to 16 KiB (`SMALL_REQUEST_BYTES` in `crate::serve`), and a connection may hold 100 of them, so
-//! without a limit across connections their memory grows with the connections open
-//! (docs/security.md). A call beyond the limit is refused at once (`ResourceExhausted`) rather
-//! than queued: a health check should fail fast, and a queued call would hold its stream.
+//! Limits on the calls in progress across the health and reflection services, which sit
+//! outside the memory budget. Each of their calls may hold a request of up to 16 KiB
+//! (`SMALL_REQUEST_BYTES` in `crate::serve`), and a connection may hold 100 of them, so without
+//! a limit across connections their memory grows with the connections open (docs/security.md).
+//! Health checks (`Check`) have places of their own, so that streams held open (a `Watch`, a
+//! reflection stream) cannot keep them from a probe, and a deadline, so that a check whose
+//! request never arrives gives its place back. A call beyond its limit is refused at once
+//! (`ResourceExhausted`) rather than queued: a health check should fail fast, and a queued call
+//! would hold its stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
@@ -17,22 +21,36 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::Service;
 
-/// The calls in progress at once across the health and reflection services.
+/// The calls in progress at once across the health and reflection services, health checks
+/// apart; and the health checks in progress at once.
 pub const MAX_SMALL_SERVICE_CALLS: usize = 256;
 
-/// The permits the services wrapped in [`SharedLimit`] share.
+/// How long a health check may take, its request included, before it is answered
+/// `DeadlineExceeded` and its place given back.
+pub const HEALTH_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The path of a health check, the one unary call of these services.
+const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// The places the services wrapped in [`SharedLimit`] share: one set for health checks, one for
+/// every other call.
 #[derive(Debug, Clone)]
 pub struct CallPermits {
-    permits: Arc<Semaphore>,
+    checks: Arc<Semaphore>,
+    others: Arc<Semaphore>,
     calls: usize,
+    check_deadline: Duration,
 }
 
 impl CallPermits {
-    /// At most `calls` calls in progress at once.
-    pub fn new(calls: usize) -> CallPermits {
+    /// At most `calls` health checks, and `calls` other calls, in progress at once; a health
+    /// check answered within `check_deadline`.
+    pub fn new(calls: usize, check_deadline: Duration) -> CallPermits {
         CallPermits {
-            permits: Arc::new(Semaphore::new(calls)),
+            checks: Arc::new(Semaphore::new(calls)),
+            others: Arc::new(Semaphore::new(calls)),
             calls,
+            check_deadline,
         }
     }
 
@@ -45,7 +63,7 @@ impl CallPermits {
     }
 }
 
-/// A gRPC service whose calls each hold one of a shared set of permits until their response
+/// A gRPC service whose calls each hold one of a shared set of places until their response
 /// has been sent (a streaming response, such as a health `Watch`, holds it while it streams).
 #[derive(Debug, Clone)]
 pub struct SharedLimit<S> {
@@ -72,27 +90,44 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Ok(permit) = self.permits.permits.clone().try_acquire_owned() else {
+        let check = request.uri().path() == HEALTH_CHECK_PATH;
+        let (places, what) = if check {
+            (&self.permits.checks, "health checks")
+        } else {
+            (&self.permits.others, "health watches and reflection calls")
+        };
+        let Ok(permit) = places.clone().try_acquire_owned() else {
             let refused = tonic::Status::resource_exhausted(format!(
-                "too many health and reflection calls in progress (at most {} at once); \
-                 try again later",
+                "too many {what} in progress (at most {} at once); try again later",
                 self.permits.calls
             ));
             return futures::future::ready(Ok(refused.into_http())).boxed();
         };
-        self.inner
-            .call(request)
-            .map(|response| {
-                response.map(|response| {
-                    response.map(|body| {
-                        Body::new(Permitted {
-                            body,
-                            _permit: permit,
-                        })
+        let response = self.inner.call(request).map(|response| {
+            response.map(|response| {
+                response.map(|body| {
+                    Body::new(Permitted {
+                        body,
+                        _permit: permit,
                     })
                 })
             })
-            .boxed()
+        });
+        if !check {
+            return response.boxed();
+        }
+        let deadline = self.permits.check_deadline;
+        async move {
+            tokio::time::timeout(deadline, response)
+                .await
+                .unwrap_or_else(|_| {
+                    let late = tonic::Status::deadline_exceeded(format!(
+                        "the health check took longer than {deadline:?}"
+                    ));
+                    Ok(late.into_http())
+                })
+        }
+        .boxed()
     }
 }
 
@@ -136,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_beyond_the_shared_limit_are_refused_until_a_response_is_done() {
-        let permits = CallPermits::new(2);
+        let permits = CallPermits::new(2, HEALTH_CHECK_DEADLINE);
         // A response with a message still to send, as a gRPC call's is when its handler returns.
         let service = tower::service_fn(|_: http::Request<()>| async {
             let message = http_body_util::Full::new(Bytes::from_static(b"message"));
@@ -181,5 +216,65 @@ mod tests {
             .await;
         assert_eq!(code(&third.expect("third")), tonic::Code::Ok);
         drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_checks_have_places_of_their_own_and_a_deadline() {
+        let permits = CallPermits::new(1, HEALTH_CHECK_DEADLINE);
+        // A watch that streams for ever, and checks whose requests never arrive.
+        let service = tower::service_fn(|request: http::Request<()>| async move {
+            if request.uri().path() == HEALTH_CHECK_PATH {
+                std::future::pending::<()>().await;
+            }
+            let message = http_body_util::Full::new(Bytes::from_static(b"status"));
+            Ok::<_, Infallible>(http::Response::new(Body::new(message)))
+        });
+        let mut health = permits.limit(service);
+        let call = |path: &'static str| {
+            http::Request::builder()
+                .uri(path)
+                .body(())
+                .expect("a request")
+        };
+        let watching = health
+            .ready()
+            .await
+            .expect("ready")
+            .call(call("/grpc.health.v1.Health/Watch"))
+            .await
+            .expect("watching");
+        assert_eq!(code(&watching), tonic::Code::Ok);
+
+        // The watch holds the only other place, not the check's.
+        let check = health
+            .ready()
+            .await
+            .expect("ready")
+            .call(call(HEALTH_CHECK_PATH));
+        let second = health
+            .ready()
+            .await
+            .expect("ready")
+            .call(call(HEALTH_CHECK_PATH));
+        let second = second.await.expect("answered");
+        assert_eq!(
+            code(&second),
+            tonic::Code::ResourceExhausted,
+            "one check at a time"
+        );
+        let late = check.await.expect("answered");
+        assert_eq!(code(&late), tonic::Code::DeadlineExceeded);
+
+        // The check that timed out gave its place back.
+        let again = health
+            .ready()
+            .await
+            .expect("ready")
+            .call(call(HEALTH_CHECK_PATH));
+        assert_eq!(
+            code(&again.await.expect("answered")),
+            tonic::Code::DeadlineExceeded
+        );
+        drop(watching);
     }
 }

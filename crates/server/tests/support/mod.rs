@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use telemetry_gateway_auth::LicenseVerifier;
 use telemetry_gateway_proto::v1::telemetery_gateway_service_client::TelemeteryGatewayServiceClient;
 use telemetry_gateway_server::{
-    EventGateway, EventPolicy, InflightBudget, ManagedAuthError, ManagedServiceAuthorizer,
-    NotConfigured, RateLimiter, ServerOptions,
+    ConnectionLimits, EventGateway, EventPolicy, InflightBudget, ManagedAuthError,
+    ManagedServiceAuthorizer, NotConfigured, RateLimiter, ServerOptions,
 };
 use telemetry_gateway_sink::EventSink;
 use telemetry_gateway_testkit::RecordingSink;
@@ -50,7 +50,15 @@ impl Default for Setup {
             licenses: test_verifier(),
             managed: Arc::new(NotConfigured),
             policy: EventPolicy::default(),
-            options: ServerOptions::default(),
+            // Every test sender connects from 127.0.0.1, standing for many senders: no
+            // per-address limit (the connection tests set their own).
+            options: ServerOptions {
+                connections: ConnectionLimits {
+                    max_connections_per_address: 0,
+                    ..ConnectionLimits::default()
+                },
+                ..ServerOptions::default()
+            },
             budget: InflightBudget::unlimited(),
             rate_limiter: None,
         }

@@ -257,19 +257,21 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
         }
         Kind::Data => {
             bytes.advance(frame::HEADER_LEN);
-            // PATCHED (telemetry-gateway, vendor/h2/PATCHED.md): the payload is copied out of the
-            // read buffer. A slice of it would keep the whole buffer (8 to 64 KiB) allocated for
-            // as long as the frame waits in its stream's queue, so that a peer sending small DATA
-            // frames between frames h2 drops could hold hundreds of times its flow-control
-            // window.
-            let res = frame::Data::load(head, Bytes::copy_from_slice(&bytes));
+            let res = frame::Data::load(head, bytes.freeze());
 
             // TODO: Should this always be connection level? Probably not...
-            res.map_err(|e| {
+            let mut data = res.map_err(|e| {
                 proto_err!(conn: "failed to load DATA frame; err={:?}", e);
                 Error::library_go_away(Reason::PROTOCOL_ERROR)
-            })?
-            .into()
+            })?;
+            // PATCHED (telemetry-gateway, vendor/h2/PATCHED.md): the payload, without its
+            // padding, is copied out of the read buffer. A slice of it would keep the whole buffer
+            // (8 to 64 KiB) allocated for as long as the frame waits in its stream's queue, so
+            // that a peer sending small DATA frames between frames h2 drops could hold hundreds of
+            // times its flow-control window.
+            let payload = Bytes::copy_from_slice(data.payload());
+            *data.payload_mut() = payload;
+            data.into()
         }
         Kind::Headers => header_block!(Headers, head, bytes),
         Kind::Reset => {
