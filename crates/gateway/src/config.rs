@@ -156,9 +156,9 @@ pub struct ServerConfig {
     /// must stay below the open-file limit, so that a flood of connections cannot use up the
     /// file descriptors the sinks need: the gateway raises its soft limit to the hard one at
     /// start, and warns when this leaves fewer than 256 for the rest (`ulimit -n`). Each
-    /// connection may also hold about 4.6 MiB outside the memory budget (unread bytes and
-    /// request headers): where senders connect directly, size this to the container (the bound is logged at start;
-    /// docs/security.md).
+    /// connection may also hold about 6.5 MiB outside the memory budget (unread bytes, its
+    /// streams' headers and state): where senders connect directly, size this to the container
+    /// (the bound is logged at start; docs/security.md).
     #[arg(long, env = "TELEMETRY_GATEWAY_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
 

@@ -214,12 +214,12 @@ fn the_memory_senders_can_make_it_hold_is_logged_at_start() {
         .into_iter()
         .find(|line| line["bound_mib"].is_number())
         .unwrap_or_else(|| panic!("no memory bound logged: {:#?}", gateway.lines()));
-    // 64 MiB of budget; 100 connections of three 1 MiB windows and 100 streams' 16 KiB of
-    // headers each (4,672 KiB); 8 MiB of health and reflection calls.
-    assert_eq!(line["connection_kib"], 3 * 1024 + 100 * 16, "{line}");
+    // 64 MiB of budget; 100 connections of three 1 MiB windows and 100 streams of 16 KiB of
+    // headers and 20 KiB of state each (6,672 KiB); 8 MiB of health and reflection calls.
+    assert_eq!(line["connection_kib"], 3 * 1024 + 100 * 36, "{line}");
     assert_eq!(
         line["bound_mib"],
-        64 + (100 * 4672_u64).div_ceil(1024) + 8,
+        64 + (100 * 6672_u64).div_ceil(1024) + 8,
         "{line}"
     );
     assert_eq!(line["max_connections"], 100, "{line}");
