@@ -20,6 +20,7 @@ use telemetry_gateway_testkit::events::{licensed_metadata, simple_event, unlicen
 use telemetry_gateway_testkit::fake_bigquery::{FakeBigQuery, InsertReply};
 use telemetry_gateway_testkit::license::{LicenseKeyPair, LicenseSpec, SignatureFormat};
 use telemetry_gateway_testkit::pubsub_emulator::{PROJECT, PubSubEmulator};
+use telemetry_gateway_testkit::wait::eventually;
 
 use support::{GatewayProcess, ndjson_lines};
 
@@ -283,32 +284,35 @@ async fn each_refusal_writes_one_dead_letter_to_the_directory_and_acknowledgemen
     check_records(&records, &license_key);
 
     // A dead letter is counted once synced, which may be after its line can be read: wait.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = telemetry_gateway_testkit::http::get(addr, "/metrics", None)
-            .await
-            .expect("served");
-        let uncounted: Vec<&str> = REFUSED
-            .iter()
-            .map(|(_, reason)| *reason)
-            .filter(|reason| {
-                !metrics.body.lines().any(|line| {
-                    line.starts_with("telemetry_gateway_dead_letters_written_total{")
-                        && line.contains(&format!("reason=\"{reason}\""))
-                        && line.ends_with(" 1")
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let metrics = telemetry_gateway_testkit::http::get(addr, "/metrics", None)
+                .await
+                .expect("served");
+            let uncounted: Vec<&str> = REFUSED
+                .iter()
+                .map(|(_, reason)| *reason)
+                .filter(|reason| {
+                    !metrics.body.lines().any(|line| {
+                        line.starts_with("telemetry_gateway_dead_letters_written_total{")
+                            && line.contains(&format!("reason=\"{reason}\""))
+                            && line.ends_with(" 1")
+                    })
                 })
-            })
-            .collect();
-        if uncounted.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no written dead letter counted for {uncounted:?}:\n{}",
-            metrics.body
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+                .collect();
+            if uncounted.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no written dead letter counted for {uncounted:?}:\n{}",
+                    metrics.body
+                ))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use telemetry_gateway_proto::v1::{Event, RecordEventsRequest};
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 use telemetry_gateway_testkit::http::get;
+use telemetry_gateway_testkit::wait::eventually;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -746,16 +747,21 @@ async fn silent_connections_are_closed_and_the_connection_limit_queues_others() 
     // Every slot comes back: only the scrape's own connection stays open. The normal sender's
     // connection closes in the background after its client is dropped, so the gateway may see
     // it still open for a moment; scrape until it has gone, for at most five seconds.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics = loop {
-        let response = get(addr, "/metrics", None).await.expect("served");
-        let metrics = Exposition::parse(&response.body);
-        let open = metrics.family("telemetry_gateway_connections_open");
-        if open.get("") == Some(&1.0) || Instant::now() > deadline {
-            break metrics;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let response = get(addr, "/metrics", None).await.expect("served");
+            let metrics = Exposition::parse(&response.body);
+            let open = metrics.family("telemetry_gateway_connections_open");
+            if open.get("") == Some(&1.0) {
+                Ok(metrics)
+            } else {
+                Err(format!("connections open: {open:?}"))
+            }
+        },
+    )
+    .await;
     metrics.assert_family("telemetry_gateway_connections_open", &[("", 1.0)]);
     // All 200 cut for their silence, none for their address.
     metrics.assert_family(
@@ -889,17 +895,22 @@ async fn health_and_reflection_calls_in_progress_are_limited_across_connections(
         .expect("a health check is answered while the watches hold every other place");
     held.clear();
     // The watches that ended gave their room back (the gateway sees the streams reset shortly).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match clients[1].watch(HealthCheckRequest::default()).await {
-            Ok(_) => break,
-            Err(status) if Instant::now() < deadline => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let client = clients[1].clone();
+    eventually(Duration::from_secs(10), Duration::from_millis(50), || {
+        let mut client = client.clone();
+        async move {
+            match client.watch(HealthCheckRequest::default()).await {
+                Ok(_) => Ok(()),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    Err(format!(
+                        "a watch still refused after the watches ended: {status:?}"
+                    ))
+                }
             }
-            Err(status) => panic!("still refused after the watches ended: {status:?}"),
         }
-    }
+    })
+    .await;
     assert!(gateway.terminate().success());
 }
 

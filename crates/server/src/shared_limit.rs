@@ -165,6 +165,19 @@ mod tests {
 
     use super::*;
 
+    /// Starts a call to `path` on `service`: its place is taken then, not when it is awaited.
+    async fn start<S>(service: &mut S, path: &'static str) -> S::Future
+    where
+        S: Service<http::Request<()>>,
+        S::Error: std::fmt::Debug,
+    {
+        let request = http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("a request");
+        service.ready().await.expect("ready").call(request)
+    }
+
     fn code(response: &http::Response<Body>) -> tonic::Code {
         tonic::Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |s| s.code())
     }
@@ -178,43 +191,21 @@ mod tests {
             Ok::<_, Infallible>(http::Response::new(Body::new(message)))
         });
         let (mut one, mut other) = (permits.limit(service), permits.limit(service));
-        let first = one
-            .ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await;
-        let second = other
-            .ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await;
-        let (first, second) = (first.expect("first"), second.expect("second"));
+        let first = start(&mut one, "/").await.await.expect("first");
+        let second = start(&mut other, "/").await.await.expect("second");
         assert_eq!(
             (code(&first), code(&second)),
             (tonic::Code::Ok, tonic::Code::Ok)
         );
 
         // Both permits are held by the responses not yet sent, across the two services.
-        let refused = one
-            .ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await;
-        let refused = refused.expect("a response");
+        let refused = start(&mut one, "/").await.await.expect("a response");
         assert_eq!(code(&refused), tonic::Code::ResourceExhausted);
 
         // The permit comes back when the response is done (sent, or dropped).
         drop(first);
-        let third = other
-            .ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await;
-        assert_eq!(code(&third.expect("third")), tonic::Code::Ok);
+        let third = start(&mut other, "/").await.await.expect("third");
+        assert_eq!(code(&third), tonic::Code::Ok);
         drop(second);
     }
 
@@ -230,32 +221,15 @@ mod tests {
             Ok::<_, Infallible>(http::Response::new(Body::new(message)))
         });
         let mut health = permits.limit(service);
-        let call = |path: &'static str| {
-            http::Request::builder()
-                .uri(path)
-                .body(())
-                .expect("a request")
-        };
-        let watching = health
-            .ready()
+        let watching = start(&mut health, "/grpc.health.v1.Health/Watch")
             .await
-            .expect("ready")
-            .call(call("/grpc.health.v1.Health/Watch"))
             .await
             .expect("watching");
         assert_eq!(code(&watching), tonic::Code::Ok);
 
         // The watch holds the only other place, not the check's.
-        let check = health
-            .ready()
-            .await
-            .expect("ready")
-            .call(call(HEALTH_CHECK_PATH));
-        let second = health
-            .ready()
-            .await
-            .expect("ready")
-            .call(call(HEALTH_CHECK_PATH));
+        let check = start(&mut health, HEALTH_CHECK_PATH).await;
+        let second = start(&mut health, HEALTH_CHECK_PATH).await;
         let second = second.await.expect("answered");
         assert_eq!(
             code(&second),
@@ -266,11 +240,7 @@ mod tests {
         assert_eq!(code(&late), tonic::Code::DeadlineExceeded);
 
         // The check that timed out gave its place back.
-        let again = health
-            .ready()
-            .await
-            .expect("ready")
-            .call(call(HEALTH_CHECK_PATH));
+        let again = start(&mut health, HEALTH_CHECK_PATH).await;
         assert_eq!(
             code(&again.await.expect("answered")),
             tonic::Code::DeadlineExceeded

@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Setup, TestGateway, framed, message_header, raw_call_stalling_after};
 use telemetry_gateway_server::budget::request_cost;
@@ -15,6 +15,7 @@ use telemetry_gateway_testkit::RecordingSink;
 use telemetry_gateway_testkit::client::{events_message, metadata_message};
 use telemetry_gateway_testkit::events::{simple_events, unlicensed_metadata};
 use telemetry_gateway_testkit::http::get;
+use telemetry_gateway_testkit::wait::eventually;
 use tonic::Code;
 
 const EVENTS_PER_PAYLOAD: usize = 2_000;
@@ -102,14 +103,17 @@ async fn a_payload_beyond_the_budget_is_refused_with_a_retry_hint_and_never_publ
         }
     });
     // The first payload is admitted and held by the slow sink.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.in_progress() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first payload never reached the sink"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            match sink.in_progress() {
+                0 => Err("the first payload never reached the sink".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
 
     let refused = match send(&gateway, "second").await {
         Ok(responses) => panic!(
@@ -152,19 +156,18 @@ async fn a_payload_beyond_the_budget_is_refused_with_a_retry_hint_and_never_publ
     // Room again: the gateway is ready, and the refused sender's retry is acknowledged. The held
     // stream may return the receive buffer it kept a moment after its answer arrives, and until
     // then the recent refusal still reads as pressure: wait for ready.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
-        if ready.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never ready again: {}",
-            ready.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let ready = get(gateway.addr, "/-/ready", None).await.expect("served");
+            match ready.status {
+                200 => Ok(()),
+                _ => Err(format!("never ready again: {}", ready.body)),
+            }
+        },
+    )
+    .await;
     let retried = send(&gateway, "second").await.expect("room again");
     assert_eq!(retried[0].succeeded_events.len(), EVENTS_PER_PAYLOAD);
 }

@@ -27,6 +27,7 @@ pub mod license;
 pub mod pubsub_emulator;
 pub mod pypi;
 pub mod sink;
+pub mod wait;
 
 pub use client::{connect, record_events};
 pub use sink::RecordingSink;
